@@ -1,0 +1,33 @@
+# The two commands a fresh machine needs: `make demo` (the main job end to end on the embedded
+# default: generated demo data + the packaged MiniLM) and `make test` (the test suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+DEMO := runs/demo
+
+.PHONY: venv demo test test-fast bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned to the release served locally; the project itself declares torch>=2.3
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[train,tune,test,postgres]"
+	touch $@
+
+demo: venv
+	$(VENV)/bin/kfold run --workdir $(DEMO) --variants split,share --folds 3 --epochs 4 --lr 1e-4 --batch-size 16
+	$(VENV)/bin/kfold report --workdir $(DEMO)
+	$(VENV)/bin/ensemble blend --workdir $(DEMO) --method soft --format pstage2 --out $(DEMO)/submission.csv --force
+	$(VENV)/bin/ensemble check $(DEMO)/submission.csv --format pstage2 --test $(DEMO)/demo-data/test_gold.tsv
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,91 @@
+"""SemEval-2010 Task 8 with the packaged MiniLM on CPU: official test score and training speed per variant.
+
+Trains each variant on the SemEval training set (a small held-out slice of it picks the epoch; the
+test set is only predicted at the end), then prints the official (9+1)-way macro-F1 on the test set,
+training examples/second and training minutes.
+
+    python benchmarks/semeval_minilm.py --variants cls,share,split
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from kfold._config import Config  # noqa: E402
+from kfold._encode import encode_cached  # noqa: E402
+from kfold._markers import marker_tokens  # noqa: E402
+from kfold._metrics import all_scores, softmax  # noqa: E402
+from kfold._models import load_tokenizer  # noqa: E402
+from kfold._readers import read_dataset  # noqa: E402
+from kfold._train import FoldData, train_fold  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval2010_task8"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DATA), help="folder with train.tsv, test.tsv, label.txt")
+    ap.add_argument("--variants", default="cls,share,split")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--marker", default="entity_marker_punct")
+    ap.add_argument("--pool", default="", help="override the variants' entity pooling (mean/start)")
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--holdout", type=int, default=400, help="training rows held out to pick the epoch")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N training rows (smoke runs)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="", help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+
+    folder = Path(args.data)
+    train = read_dataset(folder / "train.tsv", folder / "label.txt", format="semeval")
+    test = read_dataset(folder / "test.tsv", train.label_names, format="semeval", role="test", id_start=8001)
+    if args.limit:
+        train = train.subset(range(args.limit))
+    tok = load_tokenizer("minilm", marker_tokens(args.marker, []))
+    feats, _, _ = encode_cached(train, tok, args.marker, args.max_len, None)
+    test_feats, _, _ = encode_cached(test, tok, args.marker, args.max_len, None)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(train))
+    va, tr = np.sort(order[: args.holdout]), np.sort(order[args.holdout :])
+    y = train.y
+    results = []
+    for variant in args.variants.split(","):
+        cfg = Config(variant=variant, backbone="minilm", marker=args.marker, max_len=args.max_len, epochs=args.epochs,
+                     lr=args.lr, batch_size=args.batch_size, pool=args.pool, seed=args.seed, eval_batch_size=128)
+        data = FoldData(feats.take(tr), y[tr], feats.take(va), y[va], test_feats)
+        t0 = time.perf_counter()
+        res = train_fold(cfg, train.label_names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), desc=variant)
+        wall = time.perf_counter() - t0
+        scores = all_scores(test.y, softmax(res.test_logits), train.label_names)
+        row = {"variant": variant, "semeval_official": round(scores["semeval"], 2), "accuracy": round(scores["accuracy"], 2),
+               "train_minutes": round(res.train_seconds / 60, 2), "train_examples_per_s": round(res.train_examples_per_s, 1),
+               "best_epoch": res.best_epoch, "padding_share": round(res.padding_share, 4), "wall_minutes": round(wall / 60, 2),
+               "settings": {k: getattr(cfg, k) for k in ("lr", "epochs", "batch_size", "marker", "max_len", "pool")}}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n{'variant':<10} {'official F1':>11} {'accuracy':>9} {'train min':>9} {'train ex/s':>10}")
+    for r in results:
+        print(f"{r['variant']:<10} {r['semeval_official']:>11.2f} {r['accuracy']:>9.2f} {r['train_minutes']:>9.2f} "
+              f"{r['train_examples_per_s']:>10.1f}")
+    best = max(results, key=lambda r: r["semeval_official"])
+    print(f"best: {best['variant']} {best['semeval_official']:.2f} official macro-F1 in {best['train_minutes']:.1f} "
+          f"training minutes (target: >= 86.0 within 10)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

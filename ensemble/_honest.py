@@ -1,0 +1,75 @@
+"""Honest OOF scores for blends: nested cross-validation over the fold map. Torch-free.
+
+A blender that learns (weights, temperatures, a stacker) scores itself optimistically on the rows it
+was fit on. The honest score fits it on k-1 folds of the fold map and predicts the held-out fold, for
+every fold, then scores the assembled predictions: every row is predicted by a blender that never saw it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import clone
+
+from kfold._metrics import metric_fn, softmax
+
+from ._blenders import Blender
+
+
+def honest_oof(blender: Blender, logits: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Blend probabilities for every OOF row, each from a copy of ``blender`` fit on the other folds.
+
+    Example
+    -------
+    >>> probs = honest_oof(WeightedBlend(), members.oof, members.y, members.folds)  # doctest: +SKIP
+    """
+    out = np.zeros((logits.shape[1], logits.shape[2]))
+    for f in np.unique(folds):
+        held = folds == f
+        model = clone(blender).fit(logits[:, ~held], y[~held])
+        out[held] = model.predict_proba(logits[:, held])
+    return out
+
+
+@dataclass
+class BlendScores:
+    """Member scores and the blend's honest and in-sample OOF scores under one metric."""
+
+    metric: str
+    members: dict[str, float]
+    honest: float
+    in_sample: float
+    weights: dict[str, float]
+
+    @property
+    def best_member(self) -> tuple[str, float]:
+        name = max(self.members, key=self.members.get)
+        return name, self.members[name]
+
+    @property
+    def gain(self) -> float:
+        return self.honest - self.best_member[1]
+
+    def lines(self) -> list[str]:
+        """A readable report."""
+        width = max(len(n) for n in self.members)
+        out = [f"{'member':<{width}}  OOF {self.metric:<9} weight"]
+        for name, s in sorted(self.members.items(), key=lambda kv: -kv[1]):
+            out.append(f"{name:<{width}}  {s:>13.2f} {self.weights.get(name, 0.0):>7.3f}")
+        best_name, best = self.best_member
+        out.append(f"blend honest OOF {self.metric} (nested CV over the fold map): {self.honest:.2f}  "
+                   f"(in-sample {self.in_sample:.2f}); best member {best_name} {best:.2f}; gain {self.gain:+.2f}")
+        return out
+
+
+def score_blend(blender: Blender, names: list[str], logits: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                metric: str, label_names, no_relation=None) -> tuple[Blender, BlendScores, np.ndarray]:
+    """Fit ``blender`` on all OOF rows, score it honestly and in-sample; returns (fitted, scores, honest probs)."""
+    fn = metric_fn(metric, label_names, no_relation)
+    members = {n: fn(y, softmax(z)) for n, z in zip(names, logits)}
+    honest_probs = honest_oof(blender, logits, y, folds)
+    fitted = clone(blender).fit(logits, y)
+    scores = BlendScores(metric, members, fn(y, honest_probs), fn(y, fitted.predict_proba(logits)),
+                         dict(zip(names, map(float, fitted.member_weights()))))
+    return fitted, scores, honest_probs

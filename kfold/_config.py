@@ -1,0 +1,196 @@
+"""One frozen dataclass per run: loaded from a file, overridden from the command line, type-checked.
+
+Unknown keys are errors. The resolved config (plus library versions) is written next to the run's
+outputs, so any number in a report can be traced to the settings and seed that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ._errors import ConfigError, unknown_name
+from ._markers import MARKERS
+from ._metrics import METRICS
+from ._variants import ACTIVATIONS, POOLS, get_variant
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "format": ("auto", "competition", "klue", "semeval", "generic"),
+    "group": ("none", "duplicates"),
+    "marker": MARKERS,
+    "activation": ("",) + ACTIVATIONS,
+    "pool": ("",) + POOLS,
+    "loss": ("ce", "focal"),
+    "class_weights": ("none", "balanced"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "metric": METRICS,
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of one k-fold run (one variant x backbone x training seed)."""
+
+    # data ("" data means the generated demo data)
+    data: str = ""
+    test: str = ""
+    labels: str = ""
+    format: str = "auto"
+    columns: str = ""
+    repair_offsets: bool = False
+    no_relation: str = ""
+    # folds: which rows go to which fold (separate from the training seed)
+    folds: int = 5
+    fold_seed: int = 42
+    group: str = "none"
+    # model
+    variant: str = "split"
+    backbone: str = "minilm"
+    marker: str = "entity_marker_punct"
+    max_len: int = 256
+    activation: str = ""
+    pool: str = ""
+    dropout: float = 0.1
+    # optimisation
+    epochs: int = 3
+    batch_size: int = 16
+    grad_accum: int = 1
+    auto_micro_batch: bool = False
+    lr: float = 5e-5
+    head_lr: float = 0.0
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    loss: str = "ce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    class_weights: str = "none"
+    # speed and memory
+    precision: str = "auto"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    length_grouping: bool = True
+    eval_batch_size: int = 64
+    device: str = "auto"
+    threads: int = 0
+    # selection and reproducibility
+    metric: str = "accuracy"
+    seed: int = 1
+    save_models: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in CHOICES and value not in CHOICES[f.name]:
+                raise unknown_name(f.name.replace("_", "-"), value, [c for c in CHOICES[f.name] if c])
+        get_variant(self.variant)
+        positive = ("folds", "max_len", "epochs", "batch_size", "grad_accum", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)}: expected a positive integer")
+        if self.folds < 2:
+            raise ConfigError(f"folds = {self.folds}: expected at least 2")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing = {self.label_smoothing}: expected 0 <= x < 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout = {self.dropout}: expected 0 <= x < 1")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"warmup_ratio = {self.warmup_ratio}: expected 0 <= x <= 1")
+        if self.lr <= 0 or self.head_lr < 0:
+            raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` (type-checked like a config file)."""
+        return dataclasses.replace(self, **{k: _coerce(k, v, "override") for k, v in changes.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Type-check one value against the Config field (ints are accepted for floats, nothing else is)."""
+    if key not in _FIELDS:
+        raise unknown_name(f"config key (in {source})", key, _FIELDS)
+    kind = type(Config.__dataclass_fields__[key].default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{source}: key '{key}': found {value!r} ({type(value).__name__}), expected {kind.__name__}")
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into checked key/values (unknown keys raise ConfigError).
+
+    A config written by ``kfold run`` (``config.json`` with ``config`` and ``versions``) or by
+    ``tuning best`` is accepted as is.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: found a {type(raw).__name__}, expected a table of key = value")
+    if "config" in raw and isinstance(raw["config"], dict):
+        raw = raw["config"]
+    return {key: _coerce(key, value, str(path)) for key, value in raw.items()}
+
+
+def make_config(file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the file's keys, then command-line overrides (None values are skipped)."""
+    values: dict[str, Any] = {}
+    if file:
+        values.update(load_config_file(file))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, "command line")
+    return Config(**values)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per Config field (default None, so the config file's value stays unless given)."""
+    group = parser.add_argument_group("run settings (also config-file keys)")
+    for f in fields(Config):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            choices = [c for c in CHOICES.get(f.name, ()) if c] or None
+            group.add_argument(flag, dest=f.name, type=kind, choices=choices, default=None,
+                               metavar=None if choices else kind.__name__.upper(), help=f"default: {f.default!r}")
+
+
+def overrides_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The Config fields present on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(Config) if f.name not in skip and getattr(args, f.name, None) is not None}
+
+
+def environment() -> dict[str, str]:
+    """Library versions and the machine, recorded with every run."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("torch", "transformers", "tokenizers", "numpy", "rekfold"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "absent"
+    return out

@@ -1,0 +1,232 @@
+"""The k-fold runner: one run = one (variant, backbone, training seed) over a shared fold map."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ._config import Config, environment
+from ._data import LoadedData, load_data
+from ._encode import Features, encode_cached
+from ._errors import StoreError
+from ._folds import FoldMap, fold_map_for
+from ._markers import check_marker, entity_types, marker_tokens
+from ._metrics import all_scores, softmax
+from ._models import backbone_slug, load_tokenizer
+from ._store import Predictions, RunDir, save_predictions
+from ._textio import write_json_atomic
+from ._train import FoldData, train_fold
+
+#: Settings that do not change a run's numbers; they may differ between invocations of one run.
+RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch")
+#: Settings that name the run themselves, or belong to the data and fold map.
+NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "repair_offsets", "folds", "fold_seed", "group",
+               "no_relation")
+_SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
+          "warmup_ratio": "wu", "weight_decay": "wd", "activation": "act", "class_weights": "cw"}
+
+
+def run_name(cfg: Config, tag: str = "") -> str:
+    """``split-minilm-s1``, plus the tag or the settings that differ from the defaults (``+ls=0.05,bs=8``)."""
+    base = f"{cfg.variant}-{backbone_slug(cfg.backbone)}-s{cfg.seed}"
+    if tag:
+        return f"{base}-{tag}"
+    default = Config()
+    diff = [f"{_SHORT.get(k, k)}={v}" for k, v in cfg.to_dict().items()
+            if k not in RUNTIME_KEYS + NAMING_KEYS and v != getattr(default, k)]
+    return base + ("+" + ",".join(diff) if diff else "")
+
+
+@dataclass
+class RunOutcome:
+    """What one ``run_kfold`` call did."""
+
+    run: RunDir
+    trained: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    busy: list[int] = field(default_factory=list)
+    complete: bool = False
+    oof_scores: dict[str, float] = field(default_factory=dict)
+
+
+def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap) -> None:
+    """Refuse to mix a run folder's completed folds with other settings, data or folds."""
+    if not run.config_path.exists():
+        return
+    old = run.read_config()
+    for key, value in cfg.to_dict().items():
+        if key in RUNTIME_KEYS:
+            continue
+        if old["config"].get(key) != value:
+            raise StoreError(f"{run.config_path}: field '{key}': found {old['config'].get(key)!r}, now {value!r}; "
+                             "use --tag NAME (or another --workdir) for a run with other settings")
+    for key, now in (("data_hash", data.train.content_hash()), ("fold_map_hash", fm.hash),
+                     ("test_hash", data.test.content_hash() if data.test else "")):
+        if old.get(key) != now:
+            raise StoreError(f"{run.config_path}: field '{key}': the run was made with other "
+                             f"{'folds' if key == 'fold_map_hash' else 'data'}; use another --workdir or --tag")
+
+
+def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print):
+    """Load data, the fold map, the tokenizer and the (cached) token features of a config."""
+    data = load_data(cfg, workdir, log)
+    datasets = [data.train] + ([data.test] if data.test else [])
+    check_marker(cfg.marker, all(ds.has_types for ds in datasets), data.train.path)
+    fm = fold_map_for(workdir, data.train, cfg.folds, cfg.fold_seed, cfg.group, log)
+    tokenizer = load_tokenizer(cfg.backbone, marker_tokens(cfg.marker, entity_types(datasets)))
+    cache = Path(workdir) / "cache"
+    train_feats, n_crop, hit = encode_cached(data.train, tokenizer, cfg.marker, cfg.max_len, cache)
+    test_feats = None
+    if data.test is not None:
+        test_feats, n_crop_test, _ = encode_cached(data.test, tokenizer, cfg.marker, cfg.max_len, cache)
+        n_crop += n_crop_test
+    if n_crop:
+        log(f"cropped {n_crop} sentence(s) longer than max_len {cfg.max_len} to windows that keep both entities")
+    return data, fm, tokenizer, train_feats, test_feats, hit
+
+
+def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
+              log: Callable[[str], None] = print, model_factory=None) -> RunOutcome:
+    """Train the folds of one run that are not complete yet, then assemble OOF and test logits.
+
+    Parameters
+    ----------
+    cfg: the run's settings. workdir: the run store root. folds: only these folds (None = all), so
+    folds can be spread over processes or machines sharing ``workdir``. tag: a suffix for the run name.
+
+    Returns
+    -------
+    RunOutcome: folds trained, skipped (already complete) and busy (locked by another process); when
+    every fold is complete, the assembled OOF scores.
+
+    Raises
+    ------
+    DataError, ConfigError, StoreError, TrainingError. A failure never touches completed folds.
+
+    Example
+    -------
+    >>> run_kfold(Config(variant="split", data="train.tsv"), "runs")  # doctest: +SKIP
+    """
+    data, fm, tokenizer, train_feats, test_feats, _ = prepare(cfg, workdir, log)
+    run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag))
+    _check_identity(run, cfg, data, fm)
+    y = data.train.y
+    if not run.config_path.exists():
+        write_json_atomic(run.config_path, {
+            "run": run.name, "config": cfg.to_dict(), "versions": environment(), "label_names": list(data.train.label_names),
+            "data_hash": data.train.content_hash(), "test_hash": data.test.content_hash() if data.test else "",
+            "fold_map": {"path": fm.path, "hash": fm.hash, "k": fm.k, "seed": fm.seed, "group": fm.group},
+            "fold_map_hash": fm.hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+    outcome = RunOutcome(run)
+    wanted = list(range(cfg.folds)) if folds is None else list(folds)
+    for fold in wanted:
+        if not 0 <= fold < cfg.folds:
+            raise StoreError(f"--fold {fold}: expected a fold number 0..{cfg.folds - 1}")
+        if run.fold_record(fold) is not None:
+            outcome.skipped.append(fold)
+            continue
+        with run.fold_lock(fold) as mine:
+            if not mine:
+                log(f"{run.name} fold {fold}: another process is training it; skipping")
+                outcome.busy.append(fold)
+                continue
+            if run.fold_record(fold) is not None:  # finished by another process while we waited
+                outcome.skipped.append(fold)
+                continue
+            _train_one(cfg, run, fold, fm, data, train_feats, test_feats, y, tokenizer, log, model_factory)
+            outcome.trained.append(fold)
+    if all(run.fold_record(f) is not None for f in range(cfg.folds)):
+        outcome.oof_scores = assemble(run, fm, data.train.label_names, y, data.test.ids if data.test else None,
+                                      data.test.y if data.test else None, cfg.no_relation or None)
+        outcome.complete = True
+    return outcome
+
+
+def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, train_feats: Features,
+               test_feats: Features | None, y: np.ndarray, tokenizer, log, model_factory) -> None:
+    tr, va = fm.train_index(fold), fm.valid_index(fold)
+    fold_data = FoldData(train_feats.take(tr), y[tr], train_feats.take(va), y[va], test_feats)
+    t0 = time.perf_counter()
+    res = train_fold(cfg, data.train.label_names, fold_data, pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
+                     fold=fold, desc=run.name, log=log,
+                     model_factory=(lambda: model_factory(cfg, len(data.train.label_names), len(tokenizer))) if model_factory else None)
+    wall = time.perf_counter() - t0
+    names = data.train.label_names
+    valid = Predictions(np.asarray(fm.ids)[va], names, res.valid_logits, fm.hash, y[va], np.full(len(va), fold))
+    test = Predictions(data.test.ids, names, res.test_logits, fm.hash) if data.test is not None else None
+    if res.state_dict is not None:
+        _save_model(run.fold_dir(fold) / "model", res.state_dict, tokenizer)
+    run.write_fold(fold, valid, test, {
+        "best_epoch": res.best_epoch, "metrics": res.metrics, "history": res.history, "n_train": len(tr),
+        "n_valid": len(va), "train_seconds": round(res.train_seconds, 2), "wall_seconds": round(wall, 2),
+        "train_examples_per_s": round(res.train_examples_per_s, 2), "padding_share": round(res.padding_share, 4),
+        "micro_batch": res.micro_batch, "accum_steps": res.accum_steps, "fold_map_hash": fm.hash,
+    })
+    metric = res.metrics.get(cfg.metric, float("nan"))
+    log(f"{run.name} fold {fold}: {cfg.metric} {metric:.2f} at epoch {res.best_epoch}/{cfg.epochs}, "
+        f"{len(tr)} train / {len(va)} valid, {wall:.0f}s ({res.train_examples_per_s:.1f} train ex/s, "
+        f"{res.padding_share * 100:.1f}% padding)")
+
+
+def _save_model(folder: Path, state: dict, tokenizer) -> None:
+    """Checkpoint (``--save-models``): state dict and tokenizer, written to a temporary folder then renamed."""
+    import os
+    import shutil
+
+    import torch
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / "model.pt")
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def assemble(run: RunDir, fm: FoldMap, label_names: tuple[str, ...], y: np.ndarray, test_ids, test_y,
+             no_relation: str | None) -> dict[str, float]:
+    """Join the folds' validation logits into OOF logits (each training id exactly once, in data order),
+    average the fold models' test logits, write both and the summary; returns OOF scores."""
+    ids = np.asarray(fm.ids)
+    position = {i: n for n, i in enumerate(ids)}
+    oof = np.full((len(ids), len(label_names)), np.nan, dtype=np.float32)
+    seen = np.zeros(len(ids), dtype=np.int64)
+    test_folds, records = [], []
+    from ._store import load_predictions
+
+    for fold in range(fm.k):
+        records.append(run.fold_record(fold))
+        valid = load_predictions(run.fold_dir(fold) / "valid.npz")
+        expected = set(ids[fm.valid_index(fold)])
+        if set(valid.ids) != expected or len(valid.ids) != len(expected):
+            raise StoreError(f"{valid.path}: field 'ids': found ids that are not fold {fold}'s validation part")
+        if valid.label_names != label_names:
+            raise StoreError(f"{valid.path}: field 'label_names': found other label names than the run's")
+        rows = np.array([position[i] for i in valid.ids])
+        oof[rows] = valid.logits
+        seen[rows] += 1
+        if test_ids is not None:
+            test = load_predictions(run.fold_dir(fold) / "test.npz")
+            if not np.array_equal(test.ids, test_ids):
+                raise StoreError(f"{test.path}: field 'ids': found other test ids than the run's test file")
+            test_folds.append(test.logits)
+    if not (seen == 1).all():
+        raise StoreError(f"{run.root}: OOF rows covered {seen.min()}..{seen.max()} times, expected exactly once")
+    save_predictions(run.oof_path, Predictions(ids, label_names, oof, fm.hash, y, fm.folds.copy()))
+    if test_folds:
+        stack = np.stack(test_folds).astype(np.float32)
+        save_predictions(run.test_path, Predictions(np.asarray(test_ids), label_names, stack.mean(0), fm.hash,
+                                                    None if test_y is None else test_y, None, stack))
+    scores = all_scores(y, softmax(oof), label_names, no_relation)
+    write_json_atomic(run.summary_path, {
+        "run": run.name, "oof": scores, "fold_map_hash": fm.hash,
+        "folds": [{"fold": f, "best_epoch": r["best_epoch"], **r["metrics"], "train_seconds": r["train_seconds"],
+                   "wall_seconds": r.get("wall_seconds")} for f, r in enumerate(records)],
+    })
+    return scores

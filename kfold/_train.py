@@ -1,0 +1,307 @@
+"""Training one fold: a flat loop that reads top to bottom (no callback framework)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ._batching import (accumulation_steps, collate, find_micro_batch, is_oom, length_grouped_batches, padding_share,
+                        shuffled_batches, sorted_batches, split_micro)
+from ._config import Config
+from ._encode import Features
+from ._errors import ConfigError, TrainingError
+from ._losses import RelationLoss, class_weight_vector
+from ._metrics import all_scores, softmax
+from ._models import RelationModel, load_backbone
+from ._variants import get_variant
+
+
+@dataclass
+class FoldData:
+    """One fold's training part, validation part and (optional) test set, already tokenised."""
+
+    train: Features
+    y_train: np.ndarray
+    valid: Features
+    y_valid: np.ndarray
+    test: Features | None = None
+
+
+@dataclass
+class FoldResult:
+    """What a fold leaves behind: float32 logits, the chosen epoch and how training went."""
+
+    valid_logits: np.ndarray
+    test_logits: np.ndarray | None
+    best_epoch: int
+    metrics: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    train_examples_per_s: float = 0.0
+    padding_share: float = 0.0
+    micro_batch: int = 0
+    accum_steps: int = 1
+    state_dict: dict | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """The training seed of one fold: folds differ, and a fold is the same whatever process trains it."""
+    return seed * 1000 + fold
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = cuda, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA when supported, else fp16; fp32 elsewhere."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("precision = fp16 needs CUDA (the gradient scaler is CUDA-only); use bf16 or fp32")
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+def build_model(cfg: Config, num_labels: int, vocab_size: int | None) -> RelationModel:
+    """Backbone (Auto classes) + the variant's head, with the config's activation/pool overrides."""
+    variant = get_variant(cfg.variant).with_overrides(cfg.activation, cfg.pool)
+    backbone, has_pooler = load_backbone(cfg.backbone, variant.use_pooler, vocab_size)
+    return RelationModel(backbone, variant, num_labels, cfg.dropout, has_pooler)
+
+
+def _param_groups(model: RelationModel, cfg: Config) -> list[dict]:
+    """AdamW groups. Biases and LayerNorm weights (every 1-D tensor) get no weight decay: decay would
+    pull LayerNorm gains toward 0 and shift biases, which regularises nothing useful."""
+    head_ids = {id(p) for p in model.head_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in head_ids, p.ndim >= 2), []).append(p)
+    head_lr = cfg.head_lr or cfg.lr
+    return [{"params": ps, "lr": head_lr if is_head else cfg.lr, "weight_decay": cfg.weight_decay if decays else 0.0}
+            for (is_head, decays), ps in groups.items()]
+
+
+def _linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def predict(model: torch.nn.Module, feats: Features, batch_size: int, device: torch.device, pad_id: int,
+            dtype: torch.dtype | None = None) -> np.ndarray:
+    """Float32 logits for every row of ``feats``, in row order (batches run longest first).
+
+    Runs without gradients at the (larger) evaluation batch size; on out-of-memory the batch size
+    is halved and prediction restarts, down to single rows.
+    """
+    while True:
+        try:
+            return _predict(model, feats, batch_size, device, pad_id, dtype)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            if not is_oom(exc) or batch_size == 1:
+                raise
+            batch_size //= 2
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+@torch.inference_mode()
+def _predict(model, feats: Features, batch_size: int, device: torch.device, pad_id: int, dtype) -> np.ndarray:
+    model.eval()
+    out = np.zeros((len(feats), model.classifier[-1].out_features), dtype=np.float32)
+    for idx in sorted_batches(feats.lengths, batch_size):
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(feats, idx, pad_id).items()}
+        with _autocast(device, dtype):
+            logits = model(**batch)["logits"]
+        # logits are stored as float32 whatever the compute precision: bf16 keeps only ~3 digits,
+        # too few for temperature scaling and blending later
+        out[idx] = logits.float().cpu().numpy()
+    return out
+
+
+def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad_id: int, vocab_size: int | None,
+               fold: int = 0, desc: str = "", log: Callable[[str], None] = print,
+               model_factory: Callable[[], RelationModel] | None = None) -> FoldResult:
+    """Train on ``data.train``, pick the best epoch on ``data.valid`` only, predict ``data.test`` with it.
+
+    Parameters
+    ----------
+    cfg: the run's settings. label_names: logit column names. data: tokenised parts of this fold.
+    pad_id / vocab_size: from the tokenizer (vocab_size includes added marker tokens).
+    fold: the fold number (seeds training). model_factory: build the model (tests pass tiny encoders).
+
+    Returns
+    -------
+    FoldResult with float32 logits of the validation rows (best epoch) and of the test rows.
+
+    Raises
+    ------
+    TrainingError on a NaN/inf loss (in fp16 after the gradient scaler had several chances) or
+    non-finite logits; ConfigError on impossible settings.
+
+    Example
+    -------
+    >>> res = train_fold(Config(epochs=1), names, FoldData(tr, ytr, va, yva), pad_id=0, vocab_size=None)  # doctest: +SKIP
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    dtype = pick_precision(cfg.precision, device)
+    if device.type == "cuda":
+        # TF32 matmuls: ~2x faster fp32 on Ampere+ with no visible effect on fine-tuning
+        torch.set_float32_matmul_precision("high")
+    seed = fold_seed(cfg.seed, fold)
+    seed_everything(seed)
+    num_labels = len(label_names)
+    model = model_factory() if model_factory else build_model(cfg, num_labels, vocab_size)
+    model.loss_fn = RelationLoss(cfg.loss, cfg.label_smoothing, cfg.focal_gamma,
+                                 class_weight_vector(data.y_train, num_labels, cfg.class_weights))
+    if cfg.grad_checkpointing:
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device)
+    forward = torch.compile(model, dynamic=True) if cfg.compile else model
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    def run_micro(idx: np.ndarray, scale: float) -> torch.Tensor:
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(data.train, idx, pad_id, data.y_train).items()}
+        with _autocast(device, dtype):
+            loss = forward(**batch)["loss"]
+        scaler.scale(loss * scale).backward()
+        return loss.detach()
+
+    micro = math.ceil(cfg.batch_size / cfg.grad_accum)
+    if cfg.auto_micro_batch:
+        longest = np.argsort(-data.train.lengths, kind="stable")[: cfg.batch_size]
+        model.train()
+
+        def probe(m: int) -> None:
+            run_micro(longest[:m], 0.0)
+            optimizer.zero_grad(set_to_none=True)
+
+        def release() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        micro = min(micro, find_micro_batch(cfg.batch_size, probe, release))
+        seed_everything(seed)  # the probe used dropout randomness; start training from the same state
+    accum = accumulation_steps(cfg.batch_size, micro)
+
+    # one optimizer step per batch of batch_size rows: the scheduler counts optimizer steps, not
+    # micro-batches, so warmup and decay do not depend on how the batch was split to fit in memory
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, round(cfg.warmup_ratio * total_steps)))
+
+    best: tuple[float, int, np.ndarray, dict, dict | None] | None = None
+    history: list[dict] = []
+    train_seconds, train_rows, pad_shares = 0.0, 0, []
+    nonfinite_streak = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        epoch_seed = seed * 100 + epoch
+        if cfg.length_grouping:
+            batches = length_grouped_batches(data.train.lengths, cfg.batch_size, epoch_seed)
+        else:
+            batches = shuffled_batches(len(data.train), cfg.batch_size, epoch_seed)
+        pad_shares.append(padding_share(data.train, [m for b in batches for m in split_micro(b, micro)]))
+        bar = tqdm(batches, desc=f"{desc} fold {fold} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   file=sys.stderr, disable=None, dynamic_ncols=True)
+        losses = []
+        t0 = time.perf_counter()
+        for step, batch_idx in enumerate(bar):
+            # each micro-batch's mean loss is weighted by its share of the batch's rows, so the summed
+            # gradient is the batch mean even when the last micro-batch (or the epoch's last batch) is short
+            step_loss = 0.0
+            for idx in split_micro(batch_idx, micro):
+                step_loss += float(run_micro(idx, len(idx) / len(batch_idx))) * len(idx) / len(batch_idx)
+            if not math.isfinite(step_loss):
+                nonfinite_streak += 1
+                # in fp16 an overflow is the scaler's to handle (it skips the step and lowers the scale);
+                # anywhere else, or when it keeps happening, the run is broken
+                if dtype != torch.float16 or nonfinite_streak > 8:
+                    raise TrainingError(f"{desc} fold {fold} epoch {epoch + 1} step {step + 1}: loss is {step_loss} "
+                                        f"(lower --lr, check the data, or use --precision bf16/fp32)")
+            else:
+                nonfinite_streak = 0
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            losses.append(step_loss)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        bar.close()
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        train_rows += len(data.train)
+
+        # model selection on this fold's validation part only; the test set is never scored here
+        valid_logits = predict(model, data.valid, cfg.eval_batch_size, device, pad_id, dtype)
+        if not np.isfinite(valid_logits).all():
+            raise TrainingError(f"{desc} fold {fold} epoch {epoch + 1}: validation logits are not finite")
+        scores = all_scores(data.y_valid, softmax(valid_logits), label_names, cfg.no_relation or None)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
+        log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f} "
+            + " ".join(f"{k} {v:.2f}" for k, v in scores.items()) + f" ({epoch_seconds:.0f}s)")
+        if best is None or scores[cfg.metric] > best[0]:
+            last = epoch == cfg.epochs - 1
+            state = None if last else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best = (scores[cfg.metric], epoch + 1, valid_logits, scores, state)
+
+    assert best is not None
+    _, best_epoch, valid_logits, best_scores, state = best
+    if state is not None:
+        model.load_state_dict(state)
+    test_logits = None
+    if data.test is not None:
+        test_logits = predict(model, data.test, cfg.eval_batch_size, device, pad_id, dtype)
+        if not np.isfinite(test_logits).all():
+            raise TrainingError(f"{desc} fold {fold}: test logits are not finite")
+    return FoldResult(
+        valid_logits=valid_logits, test_logits=test_logits, best_epoch=best_epoch, metrics=best_scores,
+        history=history, train_seconds=train_seconds, train_examples_per_s=train_rows / max(train_seconds, 1e-9),
+        padding_share=float(np.mean(pad_shares)), micro_batch=micro, accum_steps=accum,
+        state_dict=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}) if cfg.save_models else None,
+    )

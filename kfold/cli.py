@@ -1,0 +1,161 @@
+"""The ``kfold`` command: run, report, variants, check-data, demo-data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._errors import ConfigError, ToolkitError
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: found '{text}', expected comma-separated integers like 0,2") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ._config import add_config_flags
+
+    ap = argparse.ArgumentParser(prog="kfold", description="Stratified k-fold training of relation-extraction variants "
+                                 "with out-of-fold logits for every run.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train variants x backbones x seeds over one fold map (resumable)",
+                         description="Without --data, runs on generated demo data with the packaged MiniLM.")
+    run.add_argument("--variants", default=None, help="comma-separated variant names (see `kfold variants`)")
+    run.add_argument("--backbones", default=None, help="comma-separated model ids or local paths; 'minilm' is packaged")
+    run.add_argument("--seeds", default=None, help="training seeds, e.g. 1,2,3 (the fold map uses --fold-seed)")
+    run.add_argument("--fold", default=None, help="only these folds, e.g. 0,2 (spread folds over processes)")
+    run.add_argument("--workdir", default="runs", help="run store root (default: runs)")
+    run.add_argument("--config", default=None, help="JSON or TOML config file; flags override it")
+    run.add_argument("--tag", default="", help="suffix for the run names (instead of the settings that differ)")
+    add_config_flags(run, skip=())
+
+    rep = sub.add_parser("report", help="OOF results table with bootstrap intervals, fold and seed spread")
+    rep.add_argument("--workdir", default="runs")
+    rep.add_argument("--runs", default="*", help="glob over run names (default: all)")
+    rep.add_argument("--metric", default="accuracy", help="metric to sort and compare by")
+    rep.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    rep.add_argument("--no-relation", default=None, help="label left out of micro-F1 (default: detected)")
+    rep.add_argument("--out", default=None, help="folder for report.md and report.csv (default: WORKDIR/report)")
+
+    sub.add_parser("variants", help="list the registered variants")
+
+    chk = sub.add_parser("check-data", help="validate a data file and print a summary")
+    chk.add_argument("data")
+    chk.add_argument("--labels", default=None)
+    chk.add_argument("--format", default="auto")
+    chk.add_argument("--role", default="train", choices=("train", "test", "blind"))
+    chk.add_argument("--columns", default=None)
+    chk.add_argument("--repair-offsets", action="store_true")
+
+    demo = sub.add_parser("demo-data", help="write the generated demo data set")
+    demo.add_argument("--out", default="demo-data")
+    demo.add_argument("--n-train", type=int, default=600)
+    demo.add_argument("--n-test", type=int, default=200)
+    demo.add_argument("--seed", type=int, default=2021)
+    return ap
+
+
+def _cmd_run(args) -> int:
+    from ._config import make_config, overrides_from_args
+    from ._data import load_data
+    from ._runner import run_kfold
+    from ._variants import parse_variants
+    import numpy as np
+
+    overrides = overrides_from_args(args)
+    base = make_config(args.config, overrides)
+    variants = parse_variants(args.variants) if args.variants else [base.variant]
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()] if args.backbones else [base.backbone]
+    seeds = _int_list(args.seeds, "--seeds") if args.seeds else [base.seed]
+    folds = _int_list(args.fold, "--fold") if args.fold else None
+    results = []
+    for backbone in backbones:
+        for variant in variants:
+            for seed in seeds:
+                cfg = base.replace(variant=variant, backbone=backbone, seed=seed)
+                outcome = run_kfold(cfg, args.workdir, folds=folds, tag=args.tag, log=_log)
+                results.append((cfg, outcome))
+    _log("")
+    y = load_data(base, args.workdir, log=lambda _m: None).train.y
+    majority = float((y == np.bincount(y).argmax()).mean() * 100)
+    for cfg, out in results:
+        if out.complete:
+            scores = " ".join(f"{k} {v:.2f}" for k, v in out.oof_scores.items())
+            _log(f"{out.run.name}: OOF {scores}  ->  {out.run.root}")
+        else:
+            missing = sorted(set(range(cfg.folds)) - set(out.trained) - set(out.skipped))
+            _log(f"{out.run.name}: folds {missing} not complete yet (another process, or not in --fold); "
+                 "OOF is assembled when the last fold finishes")
+    _log(f"majority-class accuracy on this data: {majority:.2f}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from ._report import build_report, write_report
+
+    tables = build_report(args.workdir, args.runs, args.metric, args.bootstrap, no_relation=args.no_relation)
+    if not tables:
+        raise ConfigError(f"{args.workdir}: no complete runs match '{args.runs}' (run `kfold run` first)")
+    md, table_csv, text = write_report(tables, args.metric, args.out or Path(args.workdir) / "report")
+    _log(text)
+    _log(f"wrote {md} and {table_csv}")
+    return 0
+
+
+def _cmd_variants(_args) -> int:
+    from ._variants import COMBINES, list_variants
+
+    for v in list_variants():
+        src = f"  [source table: {v.source}]" if v.source else ""
+        _log(f"{v.name:<13} {v.help}{src}")
+        _log(f"{'':<13} head={v.head} combine={COMBINES[v.combine]} share={v.share} act={v.activation} pool={v.pool}")
+    _log("\nflags for the other rows of the source table: --label-smoothing 0.05, --marker typed_entity_marker_punct, "
+         "--batch-size 8, --max-len 250, --activation gelu, --pool start")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from ._readers import dataset_summary, read_dataset
+
+    ds = read_dataset(args.data, args.labels, format=args.format, role=args.role, columns=args.columns,
+                      repair_offsets=args.repair_offsets)
+    for note in ds.notes:
+        _log(note)
+    _log(dataset_summary(ds))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from ._demo import write_demo_data
+
+    path = write_demo_data(args.out, args.n_train, args.n_test, args.seed)
+    _log(f"wrote demo data to {path.parent}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``kfold``; returns the exit status (2 for bad input, with one line on stderr)."""
+    args = _parser().parse_args(argv)
+    commands = {"run": _cmd_run, "report": _cmd_report, "variants": _cmd_variants, "check-data": _cmd_check,
+                "demo-data": _cmd_demo}
+    try:
+        return commands[args.command](args)
+    except ToolkitError as exc:
+        print(f"kfold: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("kfold: interrupted; completed folds are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Member selection and checks (joined on ids), and `ensemble blend` / `compare` end to end on a fake store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ensemble import load_members, select_runs
+from ensemble.cli import main
+from kfold._errors import ConfigError, StoreError
+from submissions import check_submission
+from tests.fakes import fake_run, noisy_member
+
+NAMES = ("no_relation", "a", "b")
+
+
+@pytest.fixture
+def store(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    folds = np.arange(90) % 3
+    ty = rng.integers(0, 3, 20)
+    for name, skill in (("split-x-s1", 2.0), ("split-x-s2", 1.5), ("share-x-s1", 0.5)):
+        fake_run(tmp_path, name, noisy_member(y, 3, skill, rng), y, folds, NAMES, noisy_member(ty, 3, skill, rng))
+    return tmp_path, y
+
+
+def test_select_by_all_glob_and_list(store):
+    workdir, _ = store
+    assert [r.name for r in select_runs(workdir, "all")] == ["share-x-s1", "split-x-s1", "split-x-s2"]
+    assert [r.name for r in select_runs(workdir, "split-*")] == ["split-x-s1", "split-x-s2"]
+    assert [r.name for r in select_runs(workdir, "share-x-s1,split-x-s2")] == ["share-x-s1", "split-x-s2"]
+    with pytest.raises(ConfigError, match="'splt-\\*' matches no run"):
+        select_runs(workdir, "splt-*")
+
+
+def test_members_are_joined_on_ids_not_row_order(store, tmp_path):
+    workdir, y = store
+    rng = np.random.default_rng(1)
+    z = noisy_member(y, 3, 2.0, rng)
+    perm = rng.permutation(90)
+    ids = np.array([f"id{i}" for i in range(90)])
+    fake_run(workdir, "shuffled", z[perm], y[perm], (np.arange(90) % 3)[perm], NAMES, noisy_member(y[:20], 3, 1, rng),
+             ids=ids[perm])
+    members = load_members(select_runs(workdir, "split-x-s1,shuffled"))
+    assert np.array_equal(members.ids, ids)
+    np.testing.assert_array_equal(members.oof[1], z)
+
+
+@pytest.mark.parametrize("kind,pattern", [
+    ("labels", "field 'label_names': member 'odd'"),
+    ("fold_map", "field 'fold_map_hash': member 'odd' has fold map eeeeeeeeeeee"),
+    ("ids", "field 'ids': other OOF ids than the first member"),
+    ("test_ids", "field 'ids': other test ids"),
+])
+def test_mismatched_members_are_refused_naming_the_member(store, kind, pattern):
+    workdir, y = store
+    rng = np.random.default_rng(2)
+    kwargs = {}
+    names = NAMES
+    if kind == "labels":
+        names = ("no_relation", "b", "a")
+    elif kind == "fold_map":
+        kwargs["fold_map_hash"] = "e" * 64
+    elif kind == "ids":
+        kwargs["ids"] = np.array([f"other{i}" for i in range(90)])
+    else:
+        kwargs["test_ids"] = np.array([f"u{i}" for i in range(20)])
+    fake_run(workdir, "odd", noisy_member(y, 3, 1, rng), y, np.arange(90) % 3, names, noisy_member(y[:20], 3, 1, rng), **kwargs)
+    with pytest.raises(StoreError, match=pattern):
+        load_members(select_runs(workdir, "split-x-s1,odd"))
+
+
+def test_blend_writes_validated_file_and_manifest_and_refuses_overwrite(store, capsys):
+    workdir, _ = store
+    out = workdir / "sub.csv"
+    assert main(["blend", "--workdir", str(workdir), "--method", "weighted", "--format", "klue", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "blend honest OOF accuracy (nested CV over the fold map)" in text and "gain" in text
+    ids = [f"t{i}" for i in range(20)]
+    assert check_submission(out, "klue", ids, NAMES) == 20
+    manifest = json.loads((workdir / "sub.csv.manifest.json").read_text())
+    assert manifest["members"] == ["share-x-s1", "split-x-s1", "split-x-s2"]
+    assert manifest["fold_map_hash"] == "f" * 64 and manifest["method"] == "weighted"
+    assert set(manifest["weights"]) == set(manifest["members"]) and abs(sum(manifest["weights"].values()) - 1) < 1e-9
+    assert manifest["honest_oof_score"] <= manifest["in_sample_oof_score"] + 1e-9
+    before = out.read_bytes()
+    assert main(["blend", "--workdir", str(workdir), "--method", "soft", "--format", "klue", "--out", str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["blend", "--workdir", str(workdir), "--method", "soft", "--format", "klue", "--out", str(out), "--force"]) == 0
+    assert json.loads((workdir / "sub.csv.manifest.json").read_text())["method"] == "soft"
+
+
+def test_compare_prints_every_method(store, capsys):
+    workdir, _ = store
+    assert main(["compare", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    for method in ("soft", "weighted", "caruana", "rank", "hard", "stack"):
+        assert f"\n{method} " in out
+    assert "best single run: split-x-s1" in out

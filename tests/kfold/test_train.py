@@ -1,0 +1,145 @@
+"""The training loop: accumulation, samplers, the micro-batch finder, NaN handling, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kfold._batching import find_micro_batch, length_grouped_batches, padding_share, sorted_batches
+from kfold._config import Config
+from kfold._encode import encode
+from kfold._errors import TrainingError
+from kfold._markers import marker_tokens
+from kfold._models import load_tokenizer
+from kfold._readers import read_dataset
+from kfold._train import FoldData, _param_groups, build_model, train_fold
+
+
+@pytest.fixture(scope="module")
+def fold_data(demo_dir, tiny_bert):
+    ds = read_dataset(demo_dir / "train.tsv")
+    tok = load_tokenizer(tiny_bert, marker_tokens("entity_marker_punct", []))
+    feats, _ = encode(ds, tok, "entity_marker_punct", 64)
+    y = ds.y
+    tr, va = np.arange(0, 90), np.arange(90, 120)
+    return ds.label_names, tok, FoldData(feats.take(tr), y[tr], feats.take(va), y[va], feats.take(va))
+
+
+def _train(fold_data, **cfg):
+    names, tok, data = fold_data
+    base = dict(backbone=cfg.pop("backbone"), epochs=1, batch_size=8, lr=1e-3, dropout=0.0, warmup_ratio=0.0)
+    base.update(cfg)
+    return train_fold(Config(**base), names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), log=lambda m: None)
+
+
+def test_gradient_accumulation_matches_full_batches(fold_data, tiny_dir):
+    # 90 rows in batches of 8: 11 full batches and a last batch of 2; with grad_accum=3 each batch is
+    # split into micro-batches of 3,3,2 (and the last one into 2). Same updates -> same logits.
+    # (dropout off everywhere: micro-batches draw dropout masks of other shapes)
+    from tests.tiny import tiny_backbone
+
+    path = tiny_backbone("bert", tiny_dir, dropout=0.0)
+    full = _train(fold_data, backbone=path, grad_accum=1, epochs=2)
+    accum = _train(fold_data, backbone=path, grad_accum=3, epochs=2)
+    assert (full.micro_batch, accum.micro_batch, accum.accum_steps) == (8, 3, 3)
+    np.testing.assert_allclose(full.valid_logits, accum.valid_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_training_is_bitwise_reproducible_and_seed_sensitive(fold_data, tiny_bert):
+    a = _train(fold_data, backbone=tiny_bert, seed=3)
+    b = _train(fold_data, backbone=tiny_bert, seed=3)
+    c = _train(fold_data, backbone=tiny_bert, seed=4)
+    assert np.array_equal(a.valid_logits, b.valid_logits) and np.array_equal(a.test_logits, b.test_logits)
+    assert not np.array_equal(a.valid_logits, c.valid_logits)
+    assert a.valid_logits.dtype == np.float32
+
+
+def test_best_epoch_selected_on_validation_and_history_kept(fold_data, tiny_bert):
+    res = _train(fold_data, backbone=tiny_bert, epochs=3, metric="accuracy")
+    assert len(res.history) == 3
+    best = max(range(3), key=lambda i: (res.history[i]["accuracy"], -i))
+    assert res.best_epoch == best + 1
+    assert res.metrics["accuracy"] == res.history[best]["accuracy"]
+
+
+def test_nan_loss_stops_with_a_clear_error(fold_data, tiny_bert):
+    names, tok, data = fold_data
+
+    def factory():
+        model = build_model(Config(backbone=tiny_bert), len(names), len(tok))
+        with torch.no_grad():
+            model.classifier[-1].weight.fill_(float("nan"))
+        return model
+
+    with pytest.raises(TrainingError, match=r"fold 0 epoch 1 step 1: loss is nan"):
+        train_fold(Config(backbone=tiny_bert, epochs=1, batch_size=8), names, data, pad_id=tok.pad_token_id,
+                   vocab_size=len(tok), log=lambda m: None, model_factory=factory)
+
+
+def test_auto_micro_batch_on_simulated_oom(fold_data, tiny_bert, monkeypatch):
+    """A model that 'runs out of memory' above 4 rows: the finder settles on 4 and accumulates to 8."""
+    names, tok, data = fold_data
+
+    def factory():
+        model = build_model(Config(backbone=tiny_bert), len(names), len(tok))
+        forward = model.forward
+
+        def limited(input_ids, *args, **kwargs):
+            if input_ids.shape[0] > 4:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return forward(input_ids, *args, **kwargs)
+
+        model.forward = limited
+        return model
+
+    res = train_fold(Config(backbone=tiny_bert, epochs=1, batch_size=8, auto_micro_batch=True, dropout=0.0), names, data,
+                     pad_id=tok.pad_token_id, vocab_size=len(tok), log=lambda m: None, model_factory=factory)
+    assert (res.micro_batch, res.accum_steps) == (4, 2)
+
+
+def test_micro_batch_finder():
+    tried = []
+
+    def step(m):
+        tried.append(m)
+        if m > 5:
+            raise RuntimeError("CUDA out of memory. Tried to allocate")
+
+    assert find_micro_batch(32, step) == 4 and tried == [32, 16, 8, 4]
+    with pytest.raises(TrainingError, match="micro-batch of 1"):
+        find_micro_batch(4, lambda m: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(ValueError):  # other errors are not swallowed
+        find_micro_batch(4, lambda m: (_ for _ in ()).throw(ValueError("shape mismatch")))
+
+
+def test_length_grouped_batches_cover_every_example_once_and_are_reproducible():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 300, 1003)
+    a = length_grouped_batches(lengths, 16, seed=1)
+    b = length_grouped_batches(lengths, 16, seed=1)
+    c = length_grouped_batches(lengths, 16, seed=2)
+    flat = np.concatenate(a)
+    assert sorted(flat.tolist()) == list(range(1003))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(np.concatenate(c), flat)
+    assert max(len(x) for x in a) == 16
+    # grouping keeps padding low compared with random batches
+    from kfold._encode import Features
+
+    feats = Features(np.zeros(int(lengths.sum()), np.int32), np.concatenate([[0], np.cumsum(lengths)]),
+                     np.zeros((1003, 6), np.int32), np.zeros(1003, bool))
+    random_batches = [rng.permutation(1003)[i : i + 16] for i in range(0, 1003, 16)]
+    assert padding_share(feats, a) < 0.1 < padding_share(feats, random_batches)
+    assert padding_share(feats, sorted_batches(lengths, 16)) <= padding_share(feats, a)  # a global sort pads least
+
+
+def test_no_weight_decay_on_bias_and_layernorm(tiny_bert):
+    model = build_model(Config(backbone=tiny_bert), 3, None)
+    groups = _param_groups(model, Config(backbone=tiny_bert, weight_decay=0.05, head_lr=1e-3))
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        is_norm_or_bias = name.endswith("bias") or "LayerNorm" in name
+        assert (id(p) in no_decay) == is_norm_or_bias, name
+    head = {id(p) for p in model.head_parameters()}
+    assert all(g["lr"] == 1e-3 for g in groups if id(g["params"][0]) in head)
