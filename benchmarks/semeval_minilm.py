@@ -32,6 +32,15 @@ from kfold._train import FoldData, train_fold  # noqa: E402
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval2010_task8"
 
 
+def _setting(text: str):
+    """``key=value`` with the value parsed as JSON when it can be (numbers, booleans), else a string."""
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA), help="folder with train.tsv, test.tsv, label.txt")
@@ -45,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=int, default=400, help="training rows held out to pick the epoch")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training rows (smoke runs)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other Config setting, e.g. --set label_smoothing=0.1 (repeatable)")
     ap.add_argument("--out", default="", help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -64,6 +75,7 @@ def main(argv=None) -> int:
     for variant in args.variants.split(","):
         cfg = Config(variant=variant, backbone="minilm", marker=args.marker, max_len=args.max_len, epochs=args.epochs,
                      lr=args.lr, batch_size=args.batch_size, pool=args.pool, seed=args.seed, eval_batch_size=128)
+        cfg = cfg.replace(**dict(_setting(kv) for kv in args.set))
         data = FoldData(feats.take(tr), y[tr], feats.take(va), y[va], test_feats)
         t0 = time.perf_counter()
         res = train_fold(cfg, train.label_names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), desc=variant)
@@ -72,7 +84,7 @@ def main(argv=None) -> int:
         row = {"variant": variant, "semeval_official": round(scores["semeval"], 2), "accuracy": round(scores["accuracy"], 2),
                "train_minutes": round(res.train_seconds / 60, 2), "train_examples_per_s": round(res.train_examples_per_s, 1),
                "best_epoch": res.best_epoch, "padding_share": round(res.padding_share, 4), "wall_minutes": round(wall / 60, 2),
-               "settings": {k: getattr(cfg, k) for k in ("lr", "epochs", "batch_size", "marker", "max_len", "pool")}}
+               "settings": {k: v for k, v in cfg.to_dict().items() if v != getattr(Config(), k)}}
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{'variant':<10} {'official F1':>11} {'accuracy':>9} {'train min':>9} {'train ex/s':>10}")

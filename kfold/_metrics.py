@@ -15,7 +15,9 @@ import numpy as np
 from ._errors import unknown_name
 from ._labels import default_no_relation
 
-METRICS = ("accuracy", "micro_f1", "macro_f1", "auprc", "semeval")
+METRICS = ("accuracy", "micro_f1", "macro_f1", "auprc", "semeval", "logloss")
+#: Metrics where lower is better (every other metric is maximised).
+LOWER_IS_BETTER = ("logloss",)
 _DIRECTION = re.compile(r"\((e1,e2|e2,e1)\)$")
 
 
@@ -114,6 +116,24 @@ def auprc_weighted(y: np.ndarray, probs: np.ndarray, weights: np.ndarray | None 
     return np.divide(areas, counted, out=np.zeros_like(areas), where=counted > 0) * 100.0
 
 
+def logloss_weighted(y: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Mean negative log-likelihood of the gold labels (natural log; not a percentage)."""
+    p = np.asarray(probs, dtype=np.float64)
+    nll = -np.log(np.clip(p[np.arange(len(y)), np.asarray(y)], 1e-12, None))
+    w = np.ones((1, len(y))) if weights is None else np.asarray(weights, dtype=np.float64)
+    return (w @ nll) / w.sum(axis=1)
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """True when score ``a`` is strictly better than ``b`` under ``metric``."""
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def sign(metric: str) -> float:
+    """+1 for metrics to maximise, -1 for those to minimise (multiply to compare as 'higher is better')."""
+    return -1.0 if metric in LOWER_IS_BETTER else 1.0
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 (stable)."""
     z = np.asarray(logits, dtype=np.float64)
@@ -145,6 +165,8 @@ def metric_fn(metric: str, label_names: Sequence[str], no_relation: str | None =
     def fn(y, probs, weights=None):
         if metric == "auprc":
             out = auprc_weighted(y, probs, weights)
+        elif metric == "logloss":
+            out = logloss_weighted(y, probs, weights)
         else:
             out = from_cm[metric](confusion(y, np.asarray(probs).argmax(1), k, weights))
         return float(np.asarray(out).reshape(-1)[0]) if weights is None else out
@@ -157,7 +179,8 @@ def score(metric: str, y: np.ndarray, probs: np.ndarray, label_names: Sequence[s
 
     Parameters
     ----------
-    metric: one of METRICS. y: gold label indices. probs: [n, C] probabilities (or logits).
+    metric: one of METRICS. y: gold label indices. probs: [n, C] probabilities (logits are fine except
+        for auprc and logloss, which need probabilities).
     label_names: names in column order. no_relation: see :func:`metric_fn`.
 
     Example

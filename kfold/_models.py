@@ -104,6 +104,17 @@ def load_backbone(backbone: str, want_pooler: bool, vocab_size: int | None = Non
     return model, use_pooler and getattr(model, "pooler", None) is not None
 
 
+def enable_checkpointing(backbone: nn.Module) -> None:
+    """Recompute activations in the backward pass (less memory, ~30% more compute); non-reentrant so it
+    works with frozen inputs and autocast."""
+    if hasattr(backbone, "activation_checkpointing_enable"):  # the transformers >= 5.x name
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(backbone.config, "use_cache"):
+        backbone.config.use_cache = False
+
+
 class ProjectionLayer(nn.Module):
     """R-BERT's FC layer: dropout -> activation -> linear."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import StoreError
-from ._metrics import METRICS, has_directions, metric_fn, softmax
+from ._metrics import METRICS, has_directions, metric_fn, sign, softmax
 from ._store import Predictions, RunDir, list_runs, load_predictions
 from ._textio import read_json, write_text_atomic
 
@@ -123,11 +123,11 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
         rows.append(RunRow(run.name, oof.fold_map_hash, len(ids), scores, ci, float(np.mean(per_fold)),
                            float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0, seed_group=seed_group(run.name),
                            fold_minutes=minutes, extra={"metric": metric, "probs": probs, "y": oof.y}))
-    rows.sort(key=lambda r: -r.scores[metric])
+    rows.sort(key=lambda r: -sign(metric) * r.scores[metric])
     best = rows[0]
     for r in rows:
         # paired: the same resamples for both runs; ties count half
-        diff = boots[r.run] - boots[best.run]
+        diff = sign(metric) * (boots[r.run] - boots[best.run])
         r.win_rate = None if r is best else float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
     groups = defaultdict(list)
     for r in rows:

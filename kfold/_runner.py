@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ class RunOutcome:
     busy: list[int] = field(default_factory=list)
     complete: bool = False
     oof_scores: dict[str, float] = field(default_factory=dict)
+    majority_accuracy: float = 0.0
 
 
 def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap) -> None:
@@ -90,13 +93,16 @@ def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print
 
 
 def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
-              log: Callable[[str], None] = print, model_factory=None) -> RunOutcome:
+              log: Callable[[str], None] = print, model_factory=None,
+              on_fold: Callable[[int, dict], None] | None = None) -> RunOutcome:
     """Train the folds of one run that are not complete yet, then assemble OOF and test logits.
 
     Parameters
     ----------
     cfg: the run's settings. workdir: the run store root. folds: only these folds (None = all), so
     folds can be spread over processes or machines sharing ``workdir``. tag: a suffix for the run name.
+    on_fold: called as ``on_fold(fold, completion_record)`` after each fold is complete (tuning reports
+    fold scores to its pruner this way; an exception raised there stops the run, completed folds stay).
 
     Returns
     -------
@@ -122,24 +128,28 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
             "fold_map": {"path": fm.path, "hash": fm.hash, "k": fm.k, "seed": fm.seed, "group": fm.group},
             "fold_map_hash": fm.hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
-    outcome = RunOutcome(run)
+    outcome = RunOutcome(run, majority_accuracy=float(np.mean(y == np.bincount(y).argmax()) * 100))
     wanted = list(range(cfg.folds)) if folds is None else list(folds)
     for fold in wanted:
         if not 0 <= fold < cfg.folds:
             raise StoreError(f"--fold {fold}: expected a fold number 0..{cfg.folds - 1}")
-        if run.fold_record(fold) is not None:
+        record = run.fold_record(fold)
+        if record is not None:
             outcome.skipped.append(fold)
-            continue
-        with run.fold_lock(fold) as mine:
-            if not mine:
-                log(f"{run.name} fold {fold}: another process is training it; skipping")
-                outcome.busy.append(fold)
-                continue
-            if run.fold_record(fold) is not None:  # finished by another process while we waited
-                outcome.skipped.append(fold)
-                continue
-            _train_one(cfg, run, fold, fm, data, train_feats, test_feats, y, tokenizer, log, model_factory)
-            outcome.trained.append(fold)
+        else:
+            with run.fold_lock(fold) as mine:
+                if not mine:
+                    log(f"{run.name} fold {fold}: another process is training it; skipping")
+                    outcome.busy.append(fold)
+                    continue
+                record = run.fold_record(fold)  # finished by another process while we looked?
+                if record is not None:
+                    outcome.skipped.append(fold)
+                else:
+                    record = _train_one(cfg, run, fold, fm, data, train_feats, test_feats, y, tokenizer, log, model_factory)
+                    outcome.trained.append(fold)
+        if on_fold is not None:
+            on_fold(fold, record)
     if all(run.fold_record(f) is not None for f in range(cfg.folds)):
         outcome.oof_scores = assemble(run, fm, data.train.label_names, y, data.test.ids if data.test else None,
                                       data.test.y if data.test else None, cfg.no_relation or None)
@@ -161,21 +171,23 @@ def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, train
     test = Predictions(data.test.ids, names, res.test_logits, fm.hash) if data.test is not None else None
     if res.state_dict is not None:
         _save_model(run.fold_dir(fold) / "model", res.state_dict, tokenizer)
-    run.write_fold(fold, valid, test, {
+    record = {
         "best_epoch": res.best_epoch, "metrics": res.metrics, "history": res.history, "n_train": len(tr),
         "n_valid": len(va), "train_seconds": round(res.train_seconds, 2), "wall_seconds": round(wall, 2),
         "train_examples_per_s": round(res.train_examples_per_s, 2), "padding_share": round(res.padding_share, 4),
         "micro_batch": res.micro_batch, "accum_steps": res.accum_steps, "fold_map_hash": fm.hash,
-    })
+        "pid": os.getpid(), "host": socket.gethostname(),
+    }
+    run.write_fold(fold, valid, test, record)
     metric = res.metrics.get(cfg.metric, float("nan"))
     log(f"{run.name} fold {fold}: {cfg.metric} {metric:.2f} at epoch {res.best_epoch}/{cfg.epochs}, "
         f"{len(tr)} train / {len(va)} valid, {wall:.0f}s ({res.train_examples_per_s:.1f} train ex/s, "
         f"{res.padding_share * 100:.1f}% padding)")
+    return record
 
 
 def _save_model(folder: Path, state: dict, tokenizer) -> None:
     """Checkpoint (``--save-models``): state dict and tokenizer, written to a temporary folder then renamed."""
-    import os
     import shutil
 
     import torch

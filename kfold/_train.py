@@ -21,8 +21,8 @@ from ._config import Config
 from ._encode import Features
 from ._errors import ConfigError, TrainingError
 from ._losses import RelationLoss, class_weight_vector
-from ._metrics import all_scores, softmax
-from ._models import RelationModel, load_backbone
+from ._metrics import all_scores, better, softmax
+from ._models import RelationModel, enable_checkpointing, load_backbone
 from ._variants import get_variant
 
 
@@ -195,7 +195,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     model.loss_fn = RelationLoss(cfg.loss, cfg.label_smoothing, cfg.focal_gamma,
                                  class_weight_vector(data.y_train, num_labels, cfg.class_weights))
     if cfg.grad_checkpointing:
-        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model.backbone)
     model.to(device)
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
@@ -285,7 +285,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
         log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f} "
             + " ".join(f"{k} {v:.2f}" for k, v in scores.items()) + f" ({epoch_seconds:.0f}s)")
-        if best is None or scores[cfg.metric] > best[0]:
+        if best is None or better(cfg.metric, scores[cfg.metric], best[0]):
             last = epoch == cfg.epochs - 1
             state = None if last else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             best = (scores[cfg.metric], epoch + 1, valid_logits, scores, state)

@@ -66,10 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args) -> int:
     from ._config import make_config, overrides_from_args
-    from ._data import load_data
     from ._runner import run_kfold
     from ._variants import parse_variants
-    import numpy as np
 
     overrides = overrides_from_args(args)
     base = make_config(args.config, overrides)
@@ -85,8 +83,6 @@ def _cmd_run(args) -> int:
                 outcome = run_kfold(cfg, args.workdir, folds=folds, tag=args.tag, log=_log)
                 results.append((cfg, outcome))
     _log("")
-    y = load_data(base, args.workdir, log=lambda _m: None).train.y
-    majority = float((y == np.bincount(y).argmax()).mean() * 100)
     for cfg, out in results:
         if out.complete:
             scores = " ".join(f"{k} {v:.2f}" for k, v in out.oof_scores.items())
@@ -95,7 +91,7 @@ def _cmd_run(args) -> int:
             missing = sorted(set(range(cfg.folds)) - set(out.trained) - set(out.skipped))
             _log(f"{out.run.name}: folds {missing} not complete yet (another process, or not in --fold); "
                  "OOF is assembled when the last fold finishes")
-    _log(f"majority-class accuracy on this data: {majority:.2f}")
+    _log(f"majority-class accuracy on this data: {results[-1][1].majority_accuracy:.2f}")
     return 0
 
 

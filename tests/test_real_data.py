@@ -1,0 +1,65 @@
+"""Real data (../shared/data) and the packaged MiniLM: readers, loading without random weights, a short run."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from kfold._readers import read_dataset
+from tests.conftest import shared_data
+
+pytestmark = pytest.mark.slow
+
+
+def test_semeval_files_read_completely():
+    folder = shared_data("semeval2010_task8")
+    train = read_dataset(folder / "train.tsv", folder / "label.txt")
+    test = read_dataset(folder / "test.tsv", train.label_names, role="test", id_start=8001)
+    assert (len(train), len(test), len(train.label_names)) == (8000, 2717, 19)
+    assert train.label_names[0] == "Other" and test.examples[0].id == "8001"
+    assert all(ex.subj_text and ex.obj_text and "<e" not in ex.sentence for ex in train.examples)
+
+
+def test_klue_subset_reads_with_types_and_offsets():
+    folder = shared_data("klue_re_subset")
+    ds = read_dataset(folder / "train_subset.jsonl")
+    raw = [json.loads(line) for line in (folder / "train_subset.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(ds) == len(raw) == 3247 and len(ds.label_names) == 30 and ds.has_types
+    for ex, r in zip(ds.examples[:500], raw[:500]):
+        assert ex.subj_text == r["subject_entity"]["word"] and ex.obj_text == r["object_entity"]["word"]
+        assert ds.label_names[r["label"]] == ex.label
+
+
+def test_packaged_minilm_loads_without_random_weights(caplog):
+    from kfold._models import load_backbone
+
+    with caplog.at_level(logging.WARNING):
+        model, has_pooler = load_backbone("minilm", want_pooler=True)
+    assert has_pooler and model.config.hidden_size == 384
+    text = caplog.text.lower()
+    assert "newly initialized" not in text and "missing" not in text
+
+
+def test_short_kfold_run_on_a_klue_sample_with_minilm(tmp_path):
+    from kfold._config import Config
+    from kfold._runner import run_kfold
+    from kfold._store import load_predictions
+
+    folder = shared_data("klue_re_subset")
+    lines = (folder / "train_subset.jsonl").read_text(encoding="utf-8").splitlines()
+    keep = [json.loads(line) for line in lines]
+    # short sentences: the uncased WordPiece splits Korean into jamo, about 3 tokens per syllable
+    keep = [r for r in keep if r["label_name"] in ("no_relation", "org:top_members/employees", "per:employee_of")
+            and len(r["sentence"]) < 60][:90]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in keep), encoding="utf-8")
+    (tmp_path / "data" / "relation_list.json").write_text((folder / "relation_list.json").read_text(encoding="utf-8"))
+    cfg = Config(data=str(tmp_path / "data" / "train.jsonl"), marker="typed_entity_marker_punct", folds=2, epochs=1,
+                 batch_size=16, max_len=192, lr=1e-4)
+    out = run_kfold(cfg, tmp_path / "w", log=lambda m: None)
+    assert out.complete
+    oof = load_predictions(out.run.oof_path)
+    assert len(oof.ids) == 90 and np.isfinite(oof.logits).all() and oof.logits.shape[1] == 30

@@ -1,0 +1,212 @@
+"""Tuning: queueing exact trial counts, pruning, failures, resume, best config round trip, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from kfold._config import Config, load_config_file  # noqa: E402
+from kfold._errors import ConfigError, TrainingError  # noqa: E402
+from tuning import StudySettings, load_space, open_study, search, summary_lines, write_best  # noqa: E402
+from tuning.cli import main as tuning_main  # noqa: E402
+
+QUIET = dict(log=lambda m: None)
+
+
+def fake_trial(quality, fail_when=None):
+    """A stand-in for a k-fold run: fold scores from a function of the config, reported fold by fold."""
+
+    def run(cfg, tag, on_fold):
+        if fail_when and fail_when(cfg):
+            raise TrainingError("fold 0 epoch 1 step 3: loss is nan")
+        scores = []
+        for fold in range(cfg.folds):
+            s = quality(cfg) + 0.1 * fold
+            scores.append(s)
+            on_fold(fold, {"metrics": {"accuracy": s}})
+        return float(np.mean(scores))
+
+    return run
+
+
+def _settings(tmp_path, **kw):
+    return StudySettings(study=kw.pop("study", "s"), workdir=str(tmp_path), sampler_seed=0, **kw)
+
+
+def test_study_runs_exactly_n_trials_and_resumes(tmp_path):
+    base = Config(folds=3)
+    settings = _settings(tmp_path)
+    quality = lambda cfg: 100 - abs(np.log10(cfg.lr) + 4) * 20  # noqa: E731  best near lr 1e-4
+    done = search(base, settings, load_space(None), 6, run_trial=fake_trial(quality), **QUIET)
+    assert sum(done.values()) == 6
+    study = open_study(settings, create=False)
+    assert len(study.trials) == 6
+    # the same command again: nothing left to do
+    assert sum(search(base, settings, load_space(None), 6, run_trial=fake_trial(quality), **QUIET).values()) == 0
+    # asking for more runs only the missing ones
+    assert sum(search(base, settings, load_space(None), 8, run_trial=fake_trial(quality), **QUIET).values()) == 2
+    assert len(open_study(settings, create=False).trials) == 8
+
+
+def test_bad_trials_are_pruned_after_a_fold(tmp_path):
+    base = Config(folds=5)
+    settings = _settings(tmp_path, pruner="median")
+    # half of the learning rates are terrible: those trials should stop after one or two folds
+    quality = lambda cfg: 90.0 if cfg.lr < 5e-5 else 10.0  # noqa: E731
+    search(base, settings, load_space(None), 12, run_trial=fake_trial(quality), **QUIET)
+    study = open_study(settings, create=False)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned, [(t.state.name, t.params) for t in study.trials]
+    assert all(t.params["lr"] >= 5e-5 for t in pruned)
+    assert all(t.user_attrs["folds_done"] <= 2 for t in pruned)
+    lines = "\n".join(summary_lines(study))
+    assert f"pruned {len(pruned)} of 12 trials" in lines and "fold trainings skipped" in lines
+
+
+def test_failed_trials_are_recorded_with_reason_and_study_goes_on(tmp_path):
+    base = Config(folds=2)
+    settings = _settings(tmp_path)
+    run = fake_trial(lambda cfg: 50.0, fail_when=lambda cfg: cfg.label_smoothing > 0.1)
+    search(base, settings, load_space(None), 8, run_trial=run, **QUIET)
+    study = open_study(settings, create=False)
+    states = [t.state.name for t in study.trials]
+    assert "FAIL" in states and "COMPLETE" in states and len(states) == 8
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert all("loss is nan" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_best_params_round_trip_into_a_kfold_config(tmp_path):
+    base = Config(folds=3, epochs=2, variant="absdiff")
+    settings = _settings(tmp_path)
+    search(base, settings, load_space(None), 4, run_trial=fake_trial(lambda cfg: -cfg.label_smoothing), **QUIET)
+    study = open_study(settings, create=False)
+    path, best = write_best(study, tmp_path / "best.json")
+    values = load_config_file(path)
+    assert values["lr"] == best.params["lr"] and values["label_smoothing"] == best.params["label_smoothing"]
+    assert values["variant"] == "absdiff" and values["seed"] == 1
+    assert Config(**values).epochs == 2
+
+
+def test_space_files_and_forbidden_keys(tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+                                 "batch_size": {"type": "categorical", "choices": [8, 16]},
+                                 "marker": {"type": "categorical", "choices": ["entity_marker_punct", "entity_marker"]},
+                                 "label_smoothing": None}))
+    loaded = load_space(space)
+    assert set(loaded) == {"lr", "warmup_ratio", "batch_size", "marker"}
+    space.write_text(json.dumps({"seed": {"type": "int", "low": 1, "high": 5}}))
+    with pytest.raises(ConfigError, match="'seed': it cannot be tuned"):
+        load_space(space)
+    space.write_text(json.dumps({"lrr": {"type": "float", "low": 1e-5, "high": 1e-4}}))
+    with pytest.raises(ConfigError, match="did you mean 'lr'"):
+        load_space(space)
+    space.write_text(json.dumps({"marker": {"type": "categorical", "choices": ["entity_markr"]}}))
+    with pytest.raises(ConfigError, match="choice 'entity_markr' is not a valid marker"):
+        load_space(space)
+
+
+def test_a_changed_base_config_is_another_study(tmp_path):
+    settings = _settings(tmp_path)
+    search(Config(folds=2), settings, load_space(None), 1, run_trial=fake_trial(lambda c: 1.0), **QUIET)
+    with pytest.raises(ConfigError, match="started with other settings \\(folds\\)"):
+        search(Config(folds=3), settings, load_space(None), 2, run_trial=fake_trial(lambda c: 1.0), **QUIET)
+
+
+def test_real_kfold_trials_leave_oof_logits_in_the_store(tmp_path, demo_dir, tiny_bert, capsys):
+    argv = ["search", "--study", "tiny", "--workdir", str(tmp_path), "--n-trials", "2", "--backbone", tiny_bert,
+            "--data", str(demo_dir / "train.tsv"), "--folds", "2", "--epochs", "1", "--batch-size", "16",
+            "--sampler-seed", "0"]
+    assert tuning_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("COMPLETE: accuracy") == 2
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["split-bert-s1-tiny-t0", "split-bert-s1-tiny-t1"]
+    assert all((tmp_path / "runs" / r / "oof.npz").exists() for r in runs)
+    assert tuning_main(["best", "--study", "tiny", "--workdir", str(tmp_path)]) == 0
+    assert tuning_main(["show", "--study", "tiny", "--workdir", str(tmp_path)]) == 0
+    assert tuning_main(["plot", "--study", "tiny", "--workdir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["tiny-history.png", "tiny-importance.png",
+                                                                       "tiny-intermediate.png"]
+    best = load_config_file(tmp_path / "tiny-best.json")
+    assert best["backbone"] == tiny_bert and best["folds"] == 2
+
+
+def _search_cmd(workdir, study, demo_dir, backbone, n, storage="", extra=()):
+    cmd = [sys.executable, "-m", "tuning.cli", "search", "--study", study, "--workdir", str(workdir), "--n-trials", str(n),
+           "--backbone", backbone, "--data", str(demo_dir / "train.tsv"), "--folds", "2", "--epochs", "1",
+           "--batch-size", "16", *extra]
+    if storage:
+        cmd += ["--storage", storage]
+    return cmd
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+
+
+def _two_workers(tmp_path, demo_dir, tiny_bert, storage):
+    procs = [subprocess.Popen(_search_cmd(tmp_path, "shared", demo_dir, tiny_bert, 4, storage), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=_env()) for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    study = open_study(StudySettings(study="shared", workdir=str(tmp_path), storage=storage), create=False)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 4 and states.count("COMPLETE") == 4, (states, outs)
+    assert len({t.number for t in study.trials}) == 4
+    finished = [line for out in outs for line in out.splitlines() if line.startswith("trial ")]
+    assert sorted(int(line.split()[1]) for line in finished) == [0, 1, 2, 3], outs
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study(tmp_path, demo_dir, tiny_bert):
+    _two_workers(tmp_path, demo_dir, tiny_bert, "")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_share_one_postgresql_study(tmp_path, demo_dir, tiny_bert):
+    url = os.environ.get("REKFOLD_PG_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server: set REKFOLD_PG_URL (.ci/run starts one on loopback)")
+    pytest.importorskip("psycopg2")
+    import uuid
+
+    db_study = f"shared-{uuid.uuid4().hex[:8]}"
+    procs = [subprocess.Popen(_search_cmd(tmp_path, db_study, demo_dir, tiny_bert, 4, url), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=_env()) for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    study = open_study(StudySettings(study=db_study, workdir=str(tmp_path), storage=url), create=False)
+    assert [t.state.name for t in study.trials].count("COMPLETE") == 4 and len(study.trials) == 4, outs
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_detected_by_heartbeat_and_retried(tmp_path, demo_dir, tiny_bert):
+    extra = ["--heartbeat", "1", "--grace", "3", "--epochs", "4"]
+    proc = subprocess.Popen(_search_cmd(tmp_path, "hb", demo_dir, tiny_bert, 1, extra=extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(tmp_path.glob("runs/*/fold0/.lock")):
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the trial's first fold
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(4)  # let the heartbeat go stale
+    rerun = subprocess.run(_search_cmd(tmp_path, "hb", demo_dir, tiny_bert, 1, extra=extra), capture_output=True,
+                           text=True, env=_env(), timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    study = open_study(StudySettings(study="hb", workdir=str(tmp_path)), create=False)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE"], states
+    assert study.trials[1].params == study.trials[0].params
+    assert study.trials[1].system_attrs.get("failed_trial") == 0

@@ -1,0 +1,274 @@
+"""Optuna studies whose trials are k-fold runs, with folds as pruning steps.
+
+- Storage: ``sqlite:///WORKDIR/tuning.db`` by default (resumable after a crash), or any Optuna RDB URL
+  (PostgreSQL, MySQL) shared by several processes or machines. optuna-dashboard reads it as is.
+- Exactly ``n_trials`` trials: the wanted trials are queued as WAITING trials (under a lock), and workers
+  pop them atomically through the storage; a rerun queues only the trials still wanted.
+- Heartbeats: a killed worker's RUNNING trial goes stale, is marked FAIL by the next worker and re-queued
+  with the same parameters (``RetryFailedTrialCallback``).
+- A trial that raises (out of memory, NaN loss) is recorded FAIL with its reason; the study goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from kfold._config import Config
+from kfold._errors import ConfigError, ToolkitError
+from kfold._metrics import LOWER_IS_BETTER, METRICS
+
+PRUNERS = ("median", "wilcoxon", "none")
+DIRECTION = {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in METRICS}
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """How a study runs (the k-fold settings of each trial are the base Config plus the sampled values)."""
+
+    study: str
+    workdir: str = "runs"
+    storage: str = ""
+    metric: str = "accuracy"
+    pruner: str = "median"
+    heartbeat: int = 60
+    grace: int = 180
+    max_retry: int = 2
+    sampler_seed: int | None = None
+
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.workdir).resolve() / 'tuning.db'}"
+
+
+def _optuna():
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats and fail_stale_trials are marked experimental; we rely on them on purpose
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # we record heartbeats ourselves around ask()/tell() (see heartbeat() below), not through optimize()
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    return optuna
+
+
+def _retry_callback(optuna):
+    """Optuna >= 4.9 calls it RetryHeartbeatStaleTrialCallback; older releases RetryFailedTrialCallback."""
+    return getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+
+
+@contextlib.contextmanager
+def heartbeat(storage, trial_id: int, interval: float) -> Iterator[None]:
+    """Record the trial's heartbeat every ``interval`` seconds while the body runs, so other workers can
+    tell a live trial from one whose worker died."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def open_study(settings: StudySettings, base: Config | None = None, space: dict | None = None, create: bool = True):
+    """Create or load a study. The base config and space are stored in the study on creation and must
+    match on later runs (a changed base config is another study)."""
+    optuna = _optuna()
+    if settings.metric not in DIRECTION:
+        raise ConfigError(f"unknown metric '{settings.metric}'; expected one of [{', '.join(DIRECTION)}]")
+    if settings.pruner not in PRUNERS:
+        raise ConfigError(f"unknown pruner '{settings.pruner}'; expected one of [{', '.join(PRUNERS)}]")
+    Path(settings.workdir).mkdir(parents=True, exist_ok=True)
+    try:
+        storage = optuna.storages.RDBStorage(
+            settings.storage_url(), heartbeat_interval=settings.heartbeat, grace_period=settings.grace,
+            heartbeat_stale_trial_callback=_retry_callback(optuna)(max_retry=settings.max_retry))
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"--storage {settings.storage_url()}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # SQLAlchemy's connection errors carry no common base we can import cheaply
+        raise ConfigError(f"--storage {settings.storage_url()}: cannot connect ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0]})") from None
+    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+              "wilcoxon": optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
+              "none": optuna.pruners.NopPruner()}[settings.pruner]
+    sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed, n_startup_trials=4)
+    try:
+        study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        if not create:
+            raise ConfigError(f"study '{settings.study}' does not exist in {settings.storage_url()}") from None
+        try:
+            study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner,
+                                        direction=DIRECTION[settings.metric])
+        except optuna.exceptions.DuplicatedStudyError:  # another process created it first
+            study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner)
+    attrs = study.user_attrs
+    if base is not None:
+        if "base_config" not in attrs:
+            study.set_user_attr("base_config", base.to_dict())
+            study.set_user_attr("space", space)
+            study.set_user_attr("metric", settings.metric)
+        elif attrs["base_config"] != base.to_dict() or attrs.get("space") != space or attrs.get("metric") != settings.metric:
+            changed = sorted(k for k, v in base.to_dict().items() if attrs["base_config"].get(k) != v)
+            raise ConfigError(f"study '{settings.study}' was started with other settings "
+                              f"({', '.join(changed) or 'search space or metric'}); use another --study name")
+    return study
+
+
+@contextlib.contextmanager
+def _queue_lock(settings: StudySettings) -> Iterator[None]:
+    """Serialise topping up the queue between processes on this machine."""
+    path = Path(settings.workdir) / f".tuning-{settings.study}.lock"
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def queue_trials(study, settings: StudySettings, n_trials: int) -> int:
+    """Queue WAITING trials so COMPLETE + PRUNED + RUNNING + WAITING reaches ``n_trials``; returns how many were added."""
+    optuna = _optuna()
+    TS = optuna.trial.TrialState
+    with _queue_lock(settings):
+        optuna.storages.fail_stale_trials(study)
+        counted = study.get_trials(deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.RUNNING, TS.WAITING))
+        missing = max(0, n_trials - len(counted))
+        for _ in range(missing):
+            study.enqueue_trial({})
+    return missing
+
+
+def search(base: Config, settings: StudySettings, space: dict, n_trials: int, timeout: float | None = None,
+           log: Callable[[str], None] = print, run_trial: Callable | None = None) -> dict[str, int]:
+    """Work on a study until no queued trial is left (or ``timeout`` seconds have passed).
+
+    Parameters
+    ----------
+    base: the k-fold settings every trial starts from. settings: study name, storage, metric, pruner.
+    space: from :func:`tuning.load_space`. n_trials: trials wanted in the study in total (0: only help
+    with trials already queued). run_trial: ``(config, tag, on_fold) -> score`` (tests pass tiny runs).
+
+    Returns
+    -------
+    Counts of the trials this process finished by state.
+    """
+    optuna = _optuna()
+    TS = optuna.trial.TrialState
+    from ._space import suggest
+
+    study = open_study(settings, base, space)
+    if n_trials:
+        added = queue_trials(study, settings, n_trials)
+        log(f"study '{settings.study}' ({settings.storage_url()}): {added} trial(s) queued, target {n_trials}")
+    run_trial = run_trial or _kfold_trial(settings)
+    started = time.monotonic()
+    done = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+    while timeout is None or time.monotonic() - started < timeout:
+        with _queue_lock(settings):
+            optuna.storages.fail_stale_trials(study)  # re-queues trials of workers that died
+            if not study.get_trials(deepcopy=False, states=(TS.WAITING,)):
+                break
+            trial = study.ask()
+        if not _was_queued(study, trial):
+            # a worker on another machine took the last queued trial between our check and ask()
+            trial.set_user_attr("fail_reason", "surplus: no queued trial was left")
+            study.tell(trial, state=TS.FAIL)
+            break
+        params = suggest(trial, space)
+        cfg = base.replace(**params)
+        # a retried trial (its worker died) reuses the first attempt's run folder, so its finished folds count
+        origin = study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial", trial.number)
+        tag = f"{settings.study}-t{origin}"
+        t0 = time.monotonic()
+        with heartbeat(study._storage, trial._trial_id, settings.heartbeat):
+            state, value, reason = _run(trial, cfg, tag, run_trial, settings, base.folds)
+        secs = time.monotonic() - t0
+        trial.set_user_attr("seconds", round(secs, 1))
+        if state == "COMPLETE":
+            study.tell(trial, value)
+        elif state == "PRUNED":
+            study.tell(trial, state=TS.PRUNED)
+        else:
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TS.FAIL)
+        done[state] += 1
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        result = f"{settings.metric} {value:.3f}" if state == "COMPLETE" else (reason if state == "FAIL" else
+                                                                               f"at fold {trial.user_attrs.get('folds_done', '?')}")
+        log(f"trial {trial.number} {state}: {result}  {shown}  ({secs:.0f}s)")
+    return done
+
+
+def _was_queued(study, trial) -> bool:
+    """True when ``trial`` was popped from the WAITING queue (enqueue_trial leaves fixed_params behind)."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    return "fixed_params" in frozen.system_attrs
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _run(trial, cfg: Config, tag: str, run_trial: Callable, settings: StudySettings, k: int) -> tuple[str, float, str]:
+    """Run one trial; returns (state, value, failure reason)."""
+    optuna = _optuna()
+    scores: list[float] = []
+
+    def on_fold(fold: int, record: dict) -> None:
+        value = _fold_value(record, settings.metric)
+        scores.append(value)
+        trial.set_user_attr("folds_done", len(scores))
+        # Wilcoxon compares per-fold scores across trials; the median pruner a running mean (smoother)
+        trial.report(value if settings.pruner == "wilcoxon" else float(np.mean(scores)), fold)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    try:
+        value = run_trial(cfg, tag, on_fold)
+    except optuna.TrialPruned:
+        trial.set_user_attr("folds_skipped", k - len(scores))
+        return "PRUNED", float("nan"), ""
+    except ToolkitError as exc:
+        return "FAIL", float("nan"), f"{type(exc).__name__}: {exc}"
+    except (RuntimeError, MemoryError) as exc:  # out of memory and other runtime failures of one trial
+        return "FAIL", float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if value is None or not math.isfinite(value):
+        return "FAIL", float("nan"), f"score is {value}"
+    return "COMPLETE", float(value), ""
+
+
+def _fold_value(record: dict, metric: str) -> float:
+    return float(record["metrics"][metric])
+
+
+def _kfold_trial(settings: StudySettings) -> Callable:
+    """The real trial: a k-fold run in the study's workdir; its score is the OOF metric."""
+
+    def run(cfg: Config, tag: str, on_fold) -> float:
+        from kfold._runner import run_kfold
+
+        out = run_kfold(cfg, settings.workdir, tag=tag, on_fold=on_fold, log=lambda m: None)
+        if not out.complete:
+            raise ToolkitError(f"folds {out.busy} are being trained by another process")
+        return out.oof_scores[settings.metric]
+
+    return run
