@@ -117,7 +117,19 @@ class SoftVote(Blender):
         return _softmax3(z, self.temperatures_).mean(axis=0)
 
 
-class WeightedBlend(Blender):
+class _WeightedMean(Blender):
+    """Base of the blenders whose prediction is a weighted mean of probabilities (``weights_``)."""
+
+    def member_weights(self) -> np.ndarray:
+        self._check_fitted()
+        return self.weights_
+
+    def predict_proba(self, logits) -> np.ndarray:
+        z = self._check_logits(logits, fitting=False)
+        return np.tensordot(self.weights_, _softmax3(z), axes=1)
+
+
+class WeightedBlend(_WeightedMean):
     """Weighted mean of probabilities; weights on the simplex fitted on OOF.
 
     ``metric="logloss"``: minimise log-loss (L-BFGS on softmax-parametrised weights). Any other metric:
@@ -163,16 +175,8 @@ class WeightedBlend(Blender):
         self.weights_ = w
         return self
 
-    def member_weights(self) -> np.ndarray:
-        self._check_fitted()
-        return self.weights_
 
-    def predict_proba(self, logits) -> np.ndarray:
-        z = self._check_logits(logits, fitting=False)
-        return np.tensordot(self.weights_, _softmax3(z), axes=1)
-
-
-class CaruanaSelection(Blender):
+class CaruanaSelection(_WeightedMean):
     """Greedy forward selection with replacement (Caruana et al. 2004, as AutoGluon's weighted ensemble).
 
     Each step adds the member whose inclusion gives the best objective for the running average; after
@@ -202,14 +206,6 @@ class CaruanaSelection(Blender):
                 best_score, best_counts = scores[pick], counts.copy()
         self.weights_ = best_counts / best_counts.sum()
         return self
-
-    def member_weights(self) -> np.ndarray:
-        self._check_fitted()
-        return self.weights_
-
-    def predict_proba(self, logits) -> np.ndarray:
-        z = self._check_logits(logits, fitting=False)
-        return np.tensordot(self.weights_, _softmax3(z), axes=1)
 
 
 class RankAverage(Blender):

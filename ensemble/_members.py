@@ -70,8 +70,11 @@ def _aligned(pred: Predictions, ids: np.ndarray, what: str) -> Predictions:
                        None, pred.path)
 
 
-def load_members(runs: list[RunDir], need_test: bool = True) -> Members:
+def load_members(runs: list[RunDir], need_test: bool = True, test_name: str = "test.npz") -> Members:
     """Load OOF (and test) logits of ``runs`` and check they can be blended.
+
+    ``test_name`` picks the test predictions in each run folder: ``test.npz`` (written by ``kfold run``)
+    or a ``predict-*.npz`` written by ``kfold predict``.
 
     Every member must have the same ids, the same label names in the same order, the same fold map
     hash and the same test ids; the error names the member that differs.
@@ -98,9 +101,11 @@ def load_members(runs: list[RunDir], need_test: bool = True) -> Members:
         oofs.append(oof.logits)
         names.append(run.name)
         if need_test:
-            if not run.test_path.exists():
-                raise StoreError(f"{run.test_path}: file not found; member '{run.name}' was run without --test")
-            test = load_predictions(run.test_path)
+            test_path = run.root / test_name
+            if not test_path.exists():
+                raise StoreError(f"{test_path}: file not found; member '{run.name}' has no such test predictions "
+                                 "(run it with --test, or `kfold predict` the file)")
+            test = load_predictions(test_path)
             if test.label_names != first.label_names:
                 raise StoreError(f"{test.path}: field 'label_names': expected the order of the OOF file")
             if tests:

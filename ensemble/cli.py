@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kfold._errors import ConfigError, ToolkitError
+from kfold._errors import ConfigError, run_command
 from kfold._metrics import METRICS, all_scores
 from kfold._textio import write_json_atomic
 from submissions import FORMATS, check_submission, write_submission
@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     blend.add_argument("--format", default="pstage2", choices=FORMATS, help="leaderboard file format")
     blend.add_argument("--out", default=None, help="output file (default: WORKDIR/submissions/METHOD-N.csv)")
     blend.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    blend.add_argument("--test-name", default="test.npz", help="test predictions in each run folder: test.npz, "
+                       "or predict-<file>.npz from `kfold predict`")
 
     comp = sub.add_parser("compare", help="honest OOF score of every method on the selected runs (writes nothing)")
     members_args(comp)
@@ -65,7 +67,7 @@ def _blender(args, method: str, label_names):
 
 
 def _cmd_blend(args) -> int:
-    members = load_members(select_runs(args.workdir, args.runs), need_test=True)
+    members = load_members(select_runs(args.workdir, args.runs), need_test=True, test_name=args.test_name)
     blender = _blender(args, args.method, members.label_names)
     t0 = time.perf_counter()
     fitted, scores, _ = score_blend(blender, members.names, members.oof, members.y, members.folds, args.metric,
@@ -144,14 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ensemble``; returns the exit status (2 for bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
     commands = {"blend": _cmd_blend, "compare": _cmd_compare, "check": _cmd_check}
-    try:
-        return commands[args.command](args)
-    except ToolkitError as exc:
-        print(f"ensemble: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("ensemble: interrupted; existing files are untouched", file=sys.stderr)
-        return 130
+    return run_command("ensemble", commands[args.command], args, "existing files are untouched")
 
 
 if __name__ == "__main__":

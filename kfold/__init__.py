@@ -29,6 +29,7 @@ _EXPORTS = {
     "find_micro_batch": "_batching", "FoldMap": "_folds", "make_fold_map": "_folds", "load_fold_map": "_folds",
     "Predictions": "_store", "load_predictions": "_store", "save_predictions": "_store", "RunDir": "_store",
     "list_runs": "_store", "run_kfold": "_runner", "run_name": "_runner", "build_report": "_report",
+    "predict_run": "_predict",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -59,3 +59,17 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> ConfigError:
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(f"unknown {kind} '{name}'; expected one of [{', '.join(valid)}]{hint}")
+
+
+def run_command(prog: str, command, args, interrupted: str) -> int:
+    """Run a CLI sub-command: a ToolkitError becomes one line on stderr and exit status 2, Ctrl-C 130."""
+    import sys
+
+    try:
+        return command(args)
+    except ToolkitError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr, flush=True)
+        return 130

@@ -51,6 +51,13 @@ def load_tokenizer(backbone: str, extra_tokens: list[str]):
     return tok
 
 
+def load_tokenizer_dir(folder: str | Path):
+    """A tokenizer saved next to a fold model (it already knows the run's marker tokens)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def _checkpoint_keys(path: Path) -> set[str] | None:
     """Parameter names stored in a local checkpoint folder, or None when they cannot be listed."""
     index = path / "model.safetensors.index.json"

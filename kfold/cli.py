@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ._errors import ConfigError, ToolkitError
+from ._errors import ConfigError, run_command
 
 
 def _log(msg: str) -> None:
@@ -45,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     rep.add_argument("--no-relation", default=None, help="label left out of micro-F1 (default: detected)")
     rep.add_argument("--out", default=None, help="folder for report.md and report.csv (default: WORKDIR/report)")
+
+    pred = sub.add_parser("predict", help="predict a new test file with a run's saved fold models (--save-models)")
+    pred.add_argument("run", help="run folder, e.g. runs/runs/split-minilm-s1")
+    pred.add_argument("--test", required=True, help="the new test file")
+    pred.add_argument("--out", default=None, help="output .npz (default: RUN/predict-<test stem>.npz)")
 
     sub.add_parser("variants", help="list the registered variants")
 
@@ -107,6 +111,14 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from ._predict import predict_run
+
+    path = predict_run(args.run, args.test, args.out, log=_log)
+    _log(f"wrote {path} (blend it with: ensemble blend --test-name {path.name})")
+    return 0
+
+
 def _cmd_variants(_args) -> int:
     from ._variants import COMBINES, list_variants
 
@@ -141,16 +153,9 @@ def _cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kfold``; returns the exit status (2 for bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    commands = {"run": _cmd_run, "report": _cmd_report, "variants": _cmd_variants, "check-data": _cmd_check,
-                "demo-data": _cmd_demo}
-    try:
-        return commands[args.command](args)
-    except ToolkitError as exc:
-        print(f"kfold: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("kfold: interrupted; completed folds are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+    commands = {"run": _cmd_run, "report": _cmd_report, "predict": _cmd_predict, "variants": _cmd_variants,
+                "check-data": _cmd_check, "demo-data": _cmd_demo}
+    return run_command("kfold", commands[args.command], args, "completed folds are kept, rerun the same command to resume")
 
 
 if __name__ == "__main__":

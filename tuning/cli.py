@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from kfold._errors import ToolkitError
+from kfold._errors import run_command
 
 
 def _log(msg: str) -> None:
@@ -110,14 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tuning``; returns the exit status (2 for bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
     commands = {"search": _cmd_search, "best": _cmd_best, "show": _cmd_show, "plot": _cmd_plot}
-    try:
-        return commands[args.command](args)
-    except ToolkitError as exc:
-        print(f"tuning: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("tuning: interrupted; finished trials are stored, rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_command("tuning", commands[args.command], args, "finished trials are stored, rerun the same command to resume")
 
 
 if __name__ == "__main__":

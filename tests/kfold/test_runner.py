@@ -209,3 +209,19 @@ def test_sigkill_mid_fold_then_rerun_equals_uninterrupted(tmp_path, demo_dir, ti
     a = load_predictions(next((tmp_path / "clean" / "runs").iterdir()) / "oof.npz")
     b = load_predictions(run / "oof.npz")
     assert np.array_equal(a.logits, b.logits) and np.array_equal(a.ids, b.ids)
+
+
+def test_saved_fold_models_predict_a_new_file_like_the_run_did(tmp_path, demo_dir, tiny_bert):
+    from kfold._predict import predict_run
+
+    cfg = _cfg(demo_dir, tiny_bert, folds=2, save_models=True)
+    out = run_kfold(cfg, tmp_path, **QUIET)
+    assert (out.run.fold_dir(0) / "model" / "model.pt").exists()
+    path = predict_run(out.run.root, demo_dir / "test_gold.tsv", log=lambda m: None)
+    new, old = load_predictions(path), load_predictions(out.run.test_path)
+    assert path.name == "predict-test_gold.npz" and np.array_equal(new.ids, old.ids)
+    np.testing.assert_allclose(new.logits, old.logits, rtol=1e-5, atol=1e-6)
+    assert (new.y >= 0).all()  # the answers file is labelled
+    plain = run_kfold(_cfg(demo_dir, tiny_bert, folds=2), tmp_path / "b", **QUIET)
+    with pytest.raises(StoreError, match="no saved model; train the run with --save-models"):
+        predict_run(plain.run.root, demo_dir / "test.tsv")
