@@ -63,3 +63,16 @@ def test_short_kfold_run_on_a_klue_sample_with_minilm(tmp_path):
     assert out.complete
     oof = load_predictions(out.run.oof_path)
     assert len(oof.ids) == 90 and np.isfinite(oof.logits).all() and oof.logits.shape[1] == 30
+
+
+def test_demo_data_is_learned_well_above_the_majority_class(tmp_path):
+    """The embedded default (generated demo data + packaged MiniLM) must learn: OOF accuracy far above majority."""
+    from kfold._config import Config
+    from kfold._demo import write_demo_data
+    from kfold._runner import run_kfold
+
+    train = write_demo_data(tmp_path / "demo", n_train=300, n_test=20, seed=11)
+    cfg = Config(data=str(train), test=str(tmp_path / "demo" / "test.tsv"), folds=2, epochs=3, lr=1e-4, batch_size=16)
+    out = run_kfold(cfg, tmp_path / "w", log=lambda m: None)
+    assert out.complete
+    assert out.oof_scores["accuracy"] > out.majority_accuracy + 30, (out.oof_scores, out.majority_accuracy)
