@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(VENV)/bin/kfold run --workdir $(DEMO) --variants split,share --folds 3 --epochs 4 --lr 1e-4 --batch-size 16
+	$(VENV)/bin/kfold run --workdir $(DEMO) --variants split,share --folds 3 --epochs 5 --lr 2e-4 --batch-size 16
 	$(VENV)/bin/kfold report --workdir $(DEMO)
 	$(VENV)/bin/ensemble blend --workdir $(DEMO) --method soft --format pstage2 --out $(DEMO)/submission.csv --force
 	$(VENV)/bin/ensemble check $(DEMO)/submission.csv --format pstage2 --test $(DEMO)/demo-data/test_gold.tsv
