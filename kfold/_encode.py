@@ -116,7 +116,8 @@ def encode(dataset: Dataset, tokenizer, marker: str, max_len: int) -> tuple[Feat
     if budget < 4:
         raise ConfigError(f"max_len {max_len} leaves {budget} tokens for the sentence; expected at least 4")
     marked: list[Marked] = [mark(ex, marker) for ex in dataset.examples]
-    enc = tokenizer([m.text for m in marked], add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: rows longer than the model maximum are cropped below, the library warning would mislead
+    enc = tokenizer([m.text for m in marked], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     all_ids, offsets_out, ents, cropped = [], [0], [], []
     for i, (m, ids, offs) in enumerate(zip(marked, enc["input_ids"], enc["offset_mapping"])):
         ex = dataset.examples[i]

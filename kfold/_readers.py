@@ -191,6 +191,9 @@ def _competition_rows(path: Path, text: str) -> list[RawRow]:
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue
             if len(record) != 9:
+                if any("\n" in f for f in record):  # csv read on past the line end: an opening quote never closed
+                    raise data_error(path, row, "sentence", f"<a double quote opened on this row, never closed>",
+                                     "a quoted sentence closed with '\"' (or no quote at the start of the sentence)")
                 raise data_error(path, row, None, f"<{len(record)} columns>",
                                  f"9 tab-separated columns ({', '.join(_COMPETITION_COLUMNS)})")
             rid, sent, w1, s1, e1, w2, s2, e2, label = record

@@ -64,7 +64,7 @@ CASES = [
     ("test_file_mixing_blind_and_labels", {"t.tsv": GOOD + GOOD2.replace("단체:설립자", "blind"), "label_type.pkl": LABELS},
      CHECK + ["{d}/t.tsv", "--role", "test"], r"row 2, field 'label': found 'blind'.*all blind or all labelled"),
     ("tsv_unclosed_quote", {"t.tsv": '1\t"김철수는 삼성에서\t김철수\t0\t2\t삼성\t5\t6\t인물:소속단체\n', "label_type.pkl": LABELS},
-     CHECK + ["{d}/t.tsv"], r"t\.tsv: row 1"),
+     CHECK + ["{d}/t.tsv"], r"t\.tsv: row 1, field 'sentence': found <a double quote opened on this row, never closed>"),
     # KLUE JSON / JSONL
     ("klue_invalid_json_line", {"t.jsonl": _klue() + "\n{oops\n", "relation_list.json": KLUE_REL},
      CHECK + ["{d}/t.jsonl"], r"t\.jsonl: row 2: found <invalid JSON"),
