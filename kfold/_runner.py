@@ -61,11 +61,13 @@ def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap) -> 
     if not run.config_path.exists():
         return
     old = run.read_config()
+    defaults = Config().to_dict()
     for key, value in cfg.to_dict().items():
         if key in RUNTIME_KEYS:
             continue
-        if old["config"].get(key) != value:
-            raise StoreError(f"{run.config_path}: field '{key}': found {old['config'].get(key)!r}, now {value!r}; "
+        before = old["config"].get(key, defaults[key])  # a key added in a later version had its default
+        if before != value:
+            raise StoreError(f"{run.config_path}: field '{key}': found {before!r}, now {value!r}; "
                              "use --tag NAME (or another --workdir) for a run with other settings")
     for key, now in (("data_hash", data.train.content_hash()), ("fold_map_hash", fm.hash),
                      ("test_hash", data.test.content_hash() if data.test else "")):

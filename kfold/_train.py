@@ -251,9 +251,10 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         for step, batch_idx in enumerate(bar):
             # each micro-batch's mean loss is weighted by its share of the batch's rows, so the summed
             # gradient is the batch mean even when the last micro-batch (or the epoch's last batch) is short
-            step_loss = 0.0
-            for idx in split_micro(batch_idx, micro):
-                step_loss += float(run_micro(idx, len(idx) / len(batch_idx))) * len(idx) / len(batch_idx)
+            # (summed on the device, read once per step: a host sync per micro-batch would stall a GPU)
+            step_loss_t = sum(run_micro(idx, len(idx) / len(batch_idx)) * (len(idx) / len(batch_idx))
+                              for idx in split_micro(batch_idx, micro))
+            step_loss = float(step_loss_t)
             if not math.isfinite(step_loss):
                 nonfinite_streak += 1
                 # in fp16 an overflow is the scaler's to handle (it skips the step and lowers the scale);
