@@ -11,6 +11,7 @@ Formats (``format=``):
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -231,10 +232,10 @@ def _klue_rows(path: Path, text: str, label_names) -> list[RawRow]:
         ents = []
         for key in ("subject_entity", "object_entity"):
             ent = item[key]
-            if isinstance(ent, str):  # the boostcamp CSV-in-JSON variant stores a dict literal
+            if isinstance(ent, str):  # exports of the boostcamp CSV store a Python dict literal
                 try:
-                    ent = json.loads(ent.replace("'", '"'))
-                except json.JSONDecodeError:
+                    ent = ast.literal_eval(ent)
+                except (ValueError, SyntaxError):
                     raise data_error(path, row, key, ent, "an object {word, start_idx, end_idx, type}") from None
             if not isinstance(ent, dict):
                 raise data_error(path, row, key, ent, "an object {word, start_idx, end_idx, type}")

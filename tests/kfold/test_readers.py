@@ -181,3 +181,13 @@ def test_labels_derived_from_data_when_no_label_file(tmp_path):
                                     "2\tLee met Kim.\tLee\t0\t2\tKim\t8\t10\tno_relation\n", encoding="utf-8")
     ds = read_dataset(tmp_path / "t.tsv")
     assert ds.label_names == ("no_relation", "employee")
+
+
+def test_klue_entities_as_python_dict_literals(tmp_path):
+    (tmp_path / "relation_list.json").write_text(json.dumps({"relations": ["no_relation", "org:founded_by"]}))
+    item = {"guid": "g1", "sentence": "O'Neil's Acme was founded by Kim.",
+            "subject_entity": str({"word": "O'Neil's Acme", "start_idx": 0, "end_idx": 12, "type": "ORG"}),
+            "object_entity": str({"word": "Kim", "start_idx": 29, "end_idx": 31, "type": "PER"}), "label": 1}
+    (tmp_path / "t.jsonl").write_text(json.dumps(item) + "\n")
+    ex = read_dataset(tmp_path / "t.jsonl").examples[0]
+    assert ex.subj_text == "O'Neil's Acme" and ex.obj_text == "Kim" and ex.subj.type == "ORG"
