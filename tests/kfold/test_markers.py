@@ -127,3 +127,46 @@ def test_token_cache_round_trip(tmp_path):
     # another marker or max_len is another cache entry
     _, _, hit_c = encode_cached(ds, tok, "entity_marker", 64, tmp_path)
     assert hit_c is False and len(list(tmp_path.glob("tokens-*.npz"))) == 2
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr", "roberta"])
+def test_random_sentences_keep_exact_entity_positions_when_cropped(kind):
+    """Randomised: random words, random non-overlapping entities, every marker, a tight max_len."""
+    from tests.tiny import WORDS
+
+    rng = np.random.default_rng(7)
+    tok = tiny_tokenizer(kind)
+    tok.add_tokens(sorted({t for m in MARKERS for t in marker_tokens(m, ["PER", "ORG"])}), special_tokens=True)
+    examples = []
+    for i in range(60):
+        words = [str(w) for w in rng.choice(WORDS + ["서울에서", "김철수는", "Acme,"], size=int(rng.integers(4, 40)))]
+        a, b = sorted(rng.choice(len(words), size=2, replace=False))
+        starts = np.cumsum([0] + [len(w) + 1 for w in words])
+        s_span = (int(starts[a]), int(starts[a] + len(words[a])))
+        o_span = (int(starts[b]), int(starts[b] + len(words[b])))
+        if rng.random() < 0.5:
+            s_span, o_span = o_span, s_span
+        examples.append(Example(str(i), " ".join(words), Span(*s_span, "PER"), Span(*o_span, "ORG"), "x"))
+    for marker in MARKERS:
+        feats, _ = encode(_ds(*examples), tok, marker, 400)
+        for i, ex in enumerate(examples):
+            ids = feats.row(i).tolist()
+            s0, s1, _, o0, o1, _ = feats.ent[i]
+            if marker != "entity_mask":
+                assert tok.decode(ids[s0:s1]).replace(" ", "") == ex.subj_text.replace(" ", ""), (marker, ex)
+                assert tok.decode(ids[o0:o1]).replace(" ", "") == ex.obj_text.replace(" ", ""), (marker, ex)
+        # each row again under a tight max_len: a cropped row keeps exactly the same entity tokens
+        checked = 0
+        for i, ex in enumerate(examples):
+            try:
+                tight, cropped = encode(_ds(ex), tok, marker, 48)
+            except DataError:
+                continue  # this random pair lies too far apart for 48 tokens: the documented error
+            full_ids, crop_ids = feats.row(i).tolist(), tight.row(0).tolist()
+            assert len(crop_ids) <= 48
+            for a, b in ((0, 1), (3, 4)):
+                assert full_ids[feats.ent[i][a]:feats.ent[i][b]] == crop_ids[tight.ent[0][a]:tight.ent[0][b]]
+            assert full_ids[feats.ent[i][2]] == crop_ids[tight.ent[0][2]]
+            assert full_ids[feats.ent[i][5]] == crop_ids[tight.ent[0][5]]
+            checked += cropped
+        assert checked >= 10, (marker, checked)  # enough rows were actually cropped
