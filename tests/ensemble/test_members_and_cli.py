@@ -101,3 +101,22 @@ def test_compare_prints_every_method(store, capsys):
     for method in ("soft", "weighted", "caruana", "rank", "hard", "stack"):
         assert f"\n{method} " in out
     assert "best single run: split-x-s1" in out
+
+
+def test_check_scores_a_file_against_a_labelled_test_file(tmp_path, demo_dir, capsys):
+    from kfold._readers import read_dataset
+    from submissions import write_submission
+
+    gold = read_dataset(demo_dir / "test_gold.tsv", role="test")
+    probs = np.eye(len(gold.label_names))[gold.y]
+    probs[:3] = np.roll(probs[:3], 1, axis=1)  # three wrong answers out of 30
+    write_submission(tmp_path / "s.csv", "pstage2", [ex.id for ex in gold.examples], gold.label_names, probs)
+    assert main(["check", str(tmp_path / "s.csv"), "--format", "pstage2", "--test", str(demo_dir / "test_gold.tsv")]) == 0
+    out = capsys.readouterr().out
+    assert "valid pstage2 file, 30 rows" in out and "accuracy 90.00" in out
+
+
+def test_compare_refuses_unknown_methods(store, capsys):
+    workdir, _ = store
+    assert main(["compare", "--workdir", str(workdir), "--methods", "soft,avg"]) == 2
+    assert "unknown method 'avg'" in capsys.readouterr().err

@@ -191,3 +191,25 @@ def test_klue_entities_as_python_dict_literals(tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps(item) + "\n")
     ex = read_dataset(tmp_path / "t.jsonl").examples[0]
     assert ex.subj_text == "O'Neil's Acme" and ex.obj_text == "Kim" and ex.subj.type == "ORG"
+
+
+def test_check_data_and_demo_data_commands(tmp_path, capsys):
+    from kfold.cli import main
+
+    assert main(["demo-data", "--out", str(tmp_path / "d"), "--n-train", "50", "--n-test", "10"]) == 0
+    assert main(["check-data", str(tmp_path / "d" / "train.tsv")]) == 0
+    assert main(["check-data", str(tmp_path / "d" / "test.tsv"), "--role", "blind"]) == 0
+    out = capsys.readouterr().out
+    assert "train.tsv: 50 rows (labelled), 7 labels" in out and "test.tsv: 10 rows (blind)" in out
+    ds = read_dataset(tmp_path / "d" / "train.jsonl")  # the KLUE-format copy carries entity types
+    assert ds.has_types and len(ds) == 50
+
+
+def test_demo_data_is_deterministic_and_has_quoted_rows(tmp_path):
+    from kfold._demo import write_demo_data
+
+    a = write_demo_data(tmp_path / "a", 200, 20, seed=3).read_bytes()
+    b = write_demo_data(tmp_path / "b", 200, 20, seed=3).read_bytes()
+    assert a == b
+    text = a.decode("utf-8")
+    assert '\t"' in text and any(ord(c) > 0xAC00 for c in text) and "works for" in text  # quoted, Korean, English
