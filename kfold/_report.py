@@ -105,6 +105,8 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
         metric = "accuracy"
     weights = bootstrap_weights(len(ids), n_boot, seed)
     fns = {m: metric_fn(m, names, no_relation) for m in metrics}
+    y0 = members[0][1].y
+    majority = float(np.mean(y0 == np.bincount(y0).argmax()) * 100)
     rows, boots = [], {}
     for run, oof in members:
         oof = _aligned(oof, ids)
@@ -122,7 +124,7 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
         minutes = _fold_minutes(run)
         rows.append(RunRow(run.name, oof.fold_map_hash, len(ids), scores, ci, float(np.mean(per_fold)),
                            float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0, seed_group=seed_group(run.name),
-                           fold_minutes=minutes, extra={"metric": metric, "probs": probs, "y": oof.y}))
+                           fold_minutes=minutes, extra={"metric": metric, "majority": majority}))
     rows.sort(key=lambda r: -sign(metric) * r.scores[metric])
     best = rows[0]
     for r in rows:
@@ -137,8 +139,6 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
             spread = float(np.std([g.scores[metric] for g in group], ddof=1))
             for g in group:
                 g.seed_std, g.seeds = spread, len(group)
-    for r in rows:
-        r.extra.pop("probs"), r.extra.pop("y")
     return rows
 
 
@@ -181,8 +181,9 @@ def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
         chosen = rows[0].extra["metric"]
         head = _header(metrics, chosen)
         body = [_cells(r, metrics, chosen) for r in rows]
-        title = (f"fold map {rows[0].fold_map_hash[:12]} ({rows[0].n} OOF rows); sorted by {chosen}; "
-                 f"P(beats best) = share of paired bootstrap resamples on which the run beats the best")
+        title = (f"fold map {rows[0].fold_map_hash[:12]} ({rows[0].n} OOF rows, majority-class accuracy "
+                 f"{rows[0].extra['majority']:.2f}); sorted by {chosen}; P(beats best) = share of paired bootstrap "
+                 f"resamples on which the run beats the best")
         widths = [max(len(x) for x in col) for col in zip(head, *body)]
         term.append(title)
         term.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
