@@ -96,40 +96,59 @@ def open_study(settings: StudySettings, base: Config | None = None, space: dict 
     if settings.pruner not in PRUNERS:
         raise ConfigError(f"unknown pruner '{settings.pruner}'; expected one of [{', '.join(PRUNERS)}]")
     Path(settings.workdir).mkdir(parents=True, exist_ok=True)
-    try:
-        storage = optuna.storages.RDBStorage(
-            settings.storage_url(), heartbeat_interval=settings.heartbeat, grace_period=settings.grace,
-            heartbeat_stale_trial_callback=_retry_callback(optuna)(max_retry=settings.max_retry))
-    except (ImportError, ValueError) as exc:
-        raise ConfigError(f"--storage {settings.storage_url()}: {str(exc).splitlines()[0]}") from None
-    except Exception as exc:  # SQLAlchemy's connection errors carry no common base we can import cheaply
-        raise ConfigError(f"--storage {settings.storage_url()}: cannot connect ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0]})") from None
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
               "wilcoxon": optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
               "none": optuna.pruners.NopPruner()}[settings.pruner]
     sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed, n_startup_trials=4)
-    try:
-        study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner)
-    except KeyError:
-        if not create:
-            raise ConfigError(f"study '{settings.study}' does not exist in {settings.storage_url()}") from None
+    # Two workers starting together would both create the storage's tables (SQLite: "table already exists",
+    # PostgreSQL: a unique violation in pg_type) and both set the study's attributes: serialise that on this
+    # machine with the workdir lock, and retry for workers on other machines sharing the database.
+    with _queue_lock(settings):
+        storage = _connect(optuna, settings)
         try:
-            study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner,
-                                        direction=DIRECTION[settings.metric])
-        except optuna.exceptions.DuplicatedStudyError:  # another process created it first
             study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner)
-    attrs = study.user_attrs
-    if base is not None:
-        if "base_config" not in attrs:
-            study.set_user_attr("base_config", base.to_dict())
-            study.set_user_attr("space", space)
-            study.set_user_attr("metric", settings.metric)
-        elif attrs["base_config"] != base.to_dict() or attrs.get("space") != space or attrs.get("metric") != settings.metric:
-            changed = sorted(k for k, v in base.to_dict().items() if attrs["base_config"].get(k) != v)
-            raise ConfigError(f"study '{settings.study}' was started with other settings "
-                              f"({', '.join(changed) or 'search space or metric'}); use another --study name")
+        except KeyError:
+            if not create:
+                raise ConfigError(f"study '{settings.study}' does not exist in {settings.storage_url()}") from None
+            try:
+                study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler,
+                                            pruner=pruner, direction=DIRECTION[settings.metric])
+            except optuna.exceptions.DuplicatedStudyError:  # a worker on another machine created it first
+                study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner)
+        if base is not None:
+            _check_or_store_settings(study, settings, base, space)
     return study
+
+
+def _connect(optuna, settings: StudySettings, attempts: int = 5):
+    """Open the RDB storage; creating its tables races with other machines' workers, so retry a few times."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                settings.storage_url(), heartbeat_interval=settings.heartbeat, grace_period=settings.grace,
+                heartbeat_stale_trial_callback=_retry_callback(optuna)(max_retry=settings.max_retry))
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"--storage {settings.storage_url()}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # SQLAlchemy's errors carry no common base we can import cheaply
+            text = str(exc)
+            racing = type(exc).__name__ == "IntegrityError" or "already exists" in text or "locked" in text
+            if not racing or attempt == attempts - 1:
+                raise ConfigError(f"--storage {settings.storage_url()}: cannot connect ({type(exc).__name__}: "
+                                  f"{text.splitlines()[0]})") from None
+            time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _check_or_store_settings(study, settings: StudySettings, base: Config, space: dict | None) -> None:
+    attrs = study.user_attrs
+    if "base_config" not in attrs:
+        study.set_user_attr("base_config", base.to_dict())
+        study.set_user_attr("space", space)
+        study.set_user_attr("metric", settings.metric)
+    elif attrs["base_config"] != base.to_dict() or attrs.get("space") != space or attrs.get("metric") != settings.metric:
+        changed = sorted(k for k, v in base.to_dict().items() if attrs["base_config"].get(k) != v)
+        raise ConfigError(f"study '{settings.study}' was started with other settings "
+                          f"({', '.join(changed) or 'search space or metric'}); use another --study name")
 
 
 @contextlib.contextmanager

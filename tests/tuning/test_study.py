@@ -154,14 +154,15 @@ def _env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
 
 
-def _two_workers(tmp_path, demo_dir, tiny_bert, storage):
-    procs = [subprocess.Popen(_search_cmd(tmp_path, "shared", demo_dir, tiny_bert, 4, storage), stdout=subprocess.PIPE,
+def _two_workers(tmp_path, demo_dir, tiny_bert, storage, name="shared"):
+    procs = [subprocess.Popen(_search_cmd(tmp_path, name, demo_dir, tiny_bert, 4, storage), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env=_env()) for _ in range(2)]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    study = open_study(StudySettings(study="shared", workdir=str(tmp_path), storage=storage), create=False)
+    study = open_study(StudySettings(study=name, workdir=str(tmp_path), storage=storage), create=False)
     states = [t.state.name for t in study.trials]
-    assert len(states) == 4 and states.count("COMPLETE") == 4, (states, outs)
+    # pruning depends on which worker finishes first; what matters is four finished trials and no lost one
+    assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states, (states, outs)
     assert len({t.number for t in study.trials}) == 4
     finished = [line for out in outs for line in out.splitlines() if line.startswith("trial ")]
     assert sorted(int(line.split()[1]) for line in finished) == [0, 1, 2, 3], outs
@@ -181,13 +182,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path, demo_dir, tiny_bert):
     pytest.importorskip("psycopg2")
     import uuid
 
-    db_study = f"shared-{uuid.uuid4().hex[:8]}"
-    procs = [subprocess.Popen(_search_cmd(tmp_path, db_study, demo_dir, tiny_bert, 4, url), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=_env()) for _ in range(2)]
-    outs = [p.communicate(timeout=900)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    study = open_study(StudySettings(study=db_study, workdir=str(tmp_path), storage=url), create=False)
-    assert [t.state.name for t in study.trials].count("COMPLETE") == 4 and len(study.trials) == 4, outs
+    _two_workers(tmp_path, demo_dir, tiny_bert, url, name=f"shared-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.mark.slow
