@@ -124,7 +124,9 @@ def _cmd_check(args) -> int:
     if test.labelled:
         pred = _predicted_indices(args.file, args.format, test.label_names)
         scores = all_scores(test.y, np.eye(len(test.label_names))[pred], test.label_names)
-        _log("scored against the labels in the test file: " + " ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "auprc"))
+        # only the predicted labels are scored, so the probability-based scores would be meaningless
+        _log("scored against the labels in the test file: "
+             + " ".join(f"{k} {v:.2f}" for k, v in scores.items() if k not in ("auprc", "logloss")))
     return 0
 
 
