@@ -41,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
     blend = sub.add_parser("blend", help="fit a blend on OOF logits and write the leaderboard file + manifest")
     members_args(blend)
-    blend.add_argument("--method", default="soft", choices=list(METHODS))
+    blend.add_argument("--method", default="soft", choices=list(METHODS),
+                       help="soft: mean probability; weighted: OOF-fitted weights; caruana: greedy selection with "
+                            "replacement; rank: mean per-label rank over rows (drops class priors: for ranking "
+                            "metrics such as AUPRC rather than accuracy); hard: majority vote; stack: logistic "
+                            "regression on the members' logits")
     blend.add_argument("--format", default="pstage2", choices=FORMATS, help="leaderboard file format")
     blend.add_argument("--out", default=None, help="output file (default: WORKDIR/submissions/METHOD-N.csv)")
     blend.add_argument("--force", action="store_true", help="overwrite an existing output file")
