@@ -88,6 +88,18 @@ def build_report(workdir: str | Path, pattern: str = "*", metric: str = "accurac
     return tables
 
 
+def incomplete_runs(workdir: str | Path, pattern: str = "*") -> list[str]:
+    """'NAME (d/k folds)' for every matching run that has no assembled OOF file yet (not in the table)."""
+    out = []
+    for run in list_runs(workdir, pattern):
+        if run.oof_path.exists():
+            continue
+        k = int(run.read_config()["config"].get("folds", 0))
+        done = sum((run.fold_dir(f) / "done.json").exists() for f in range(k))
+        out.append(f"{run.name} ({done}/{k} folds)")
+    return out
+
+
 def _aligned(oof: Predictions, ids: np.ndarray) -> Predictions:
     """Rows reordered to ``ids`` (members are joined on ids, never on row order)."""
     if np.array_equal(oof.ids, ids):

@@ -100,9 +100,12 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from ._report import build_report, write_report
+    from ._report import build_report, incomplete_runs, write_report
 
     tables = build_report(args.workdir, args.runs, args.metric, args.bootstrap, no_relation=args.no_relation)
+    unfinished = incomplete_runs(args.workdir, args.runs)
+    if unfinished:
+        _log(f"not in the table, folds still missing (rerun their command to finish): {', '.join(unfinished)}")
     if not tables:
         raise ConfigError(f"{args.workdir}: no complete runs match '{args.runs}' (run `kfold run` first)")
     md, table_csv, text = write_report(tables, args.metric, args.out or Path(args.workdir) / "report")

@@ -84,3 +84,17 @@ def test_seed_group():
     assert seed_group("split-minilm-s3") == "split-minilm-s*"
     assert seed_group("split-minilm-s3+ls=0.05") == "split-minilm-s*+ls=0.05"
     assert seed_group("split-minilm-s12-trial4") == "split-minilm-s*-trial4"
+
+
+def test_report_names_runs_that_are_not_finished(store, capsys):
+    workdir, _, _ = store
+    from kfold._store import RunDir
+    from kfold._textio import write_json_atomic
+
+    unfinished = RunDir(workdir / "runs" / "share-m-s1")
+    write_json_atomic(unfinished.config_path, {"run": "share-m-s1", "config": {"folds": 5}, "label_names": list(NAMES)})
+    write_json_atomic(unfinished.fold_dir(0) / "done.json", {"files": {}})
+    assert main(["report", "--workdir", str(workdir), "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "folds still missing" in out and "share-m-s1 (1/5 folds)" in out
+    assert "share-m-s1" not in (workdir / "report" / "report.csv").read_text()
