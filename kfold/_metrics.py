@@ -134,6 +134,12 @@ def sign(metric: str) -> float:
     return -1.0 if metric in LOWER_IS_BETTER else 1.0
 
 
+def majority_accuracy(y: np.ndarray) -> float:
+    """Accuracy in percent of always predicting the most common gold label (the floor a model must beat)."""
+    y = np.asarray(y)
+    return float(np.mean(y == np.bincount(y).argmax()) * 100)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 (stable)."""
     z = np.asarray(logits, dtype=np.float64)

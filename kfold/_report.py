@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import StoreError
-from ._metrics import METRICS, has_directions, metric_fn, sign, softmax
+from ._metrics import METRICS, has_directions, majority_accuracy, metric_fn, sign, softmax
 from ._store import Predictions, RunDir, list_runs, load_predictions
 from ._textio import read_json, write_text_atomic
 
@@ -95,7 +95,7 @@ def incomplete_runs(workdir: str | Path, pattern: str = "*") -> list[str]:
         if run.oof_path.exists():
             continue
         k = int(run.read_config()["config"].get("folds", 0))
-        done = sum((run.fold_dir(f) / "done.json").exists() for f in range(k))
+        done = sum(run.fold_record(f) is not None for f in range(k))
         out.append(f"{run.name} ({done}/{k} folds)")
     return out
 
@@ -117,8 +117,7 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
         metric = "accuracy"
     weights = bootstrap_weights(len(ids), n_boot, seed)
     fns = {m: metric_fn(m, names, no_relation) for m in metrics}
-    y0 = members[0][1].y
-    majority = float(np.mean(y0 == np.bincount(y0).argmax()) * 100)
+    majority = majority_accuracy(members[0][1].y)
     rows, boots = [], {}
     for run, oof in members:
         oof = _aligned(oof, ids)

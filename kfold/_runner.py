@@ -17,7 +17,7 @@ from ._encode import Features, encode_cached
 from ._errors import StoreError
 from ._folds import FoldMap, fold_map_for
 from ._markers import check_marker, entity_types, marker_tokens
-from ._metrics import all_scores, softmax
+from ._metrics import all_scores, majority_accuracy, softmax
 from ._models import backbone_slug, load_tokenizer
 from ._store import Predictions, RunDir, save_predictions
 from ._textio import write_json_atomic
@@ -130,7 +130,7 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
             "fold_map": {"path": fm.path, "hash": fm.hash, "k": fm.k, "seed": fm.seed, "group": fm.group},
             "fold_map_hash": fm.hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
-    outcome = RunOutcome(run, majority_accuracy=float(np.mean(y == np.bincount(y).argmax()) * 100))
+    outcome = RunOutcome(run, majority_accuracy=majority_accuracy(y))
     wanted = list(range(cfg.folds)) if folds is None else list(folds)
     for fold in wanted:
         if not 0 <= fold < cfg.folds:

@@ -153,7 +153,7 @@ def _check_or_store_settings(study, settings: StudySettings, base: Config, space
 
 @contextlib.contextmanager
 def _queue_lock(settings: StudySettings) -> Iterator[None]:
-    """Serialise topping up the queue between processes on this machine."""
+    """Serialise creating the study and topping up its queue between processes on this machine."""
     path = Path(settings.workdir) / f".tuning-{settings.study}.lock"
     with open(path, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
