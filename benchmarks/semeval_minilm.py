@@ -27,7 +27,8 @@ from kfold._markers import marker_tokens  # noqa: E402
 from kfold._metrics import all_scores, softmax  # noqa: E402
 from kfold._models import load_tokenizer  # noqa: E402
 from kfold._readers import read_dataset  # noqa: E402
-from kfold._train import FoldData, train_fold  # noqa: E402
+from kfold._runner import fold_data, swapped_features  # noqa: E402
+from kfold._train import train_fold  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval2010_task8"
 
@@ -76,11 +77,23 @@ def main(argv=None) -> int:
         cfg = Config(variant=variant, backbone="minilm", marker=args.marker, max_len=args.max_len, epochs=args.epochs,
                      lr=args.lr, batch_size=args.batch_size, pool=args.pool, seed=args.seed, eval_batch_size=128)
         cfg = cfg.replace(**dict(_setting(kv) for kv in args.set))
-        data = FoldData(feats.take(tr), y[tr], feats.take(va), y[va], test_feats)
+        if cfg.tta == "swap":
+            cfg = cfg.replace(save_models=True)  # to score the written reading alone too
+        data = fold_data(cfg, tr, va, y, feats, test_feats, swapped_features(cfg, train, test, tok, None))
         t0 = time.perf_counter()
         res = train_fold(cfg, train.label_names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), desc=variant)
         wall = time.perf_counter() - t0
         scores = all_scores(test.y, softmax(res.test_logits), train.label_names)
+        if cfg.tta == "swap":  # what the same model scores on the written reading alone
+            import torch
+
+            from kfold._train import build_model, predict
+
+            model = build_model(cfg, len(train.label_names), len(tok))
+            model.load_state_dict(res.state_dict)
+            one = predict(model, test_feats, 128, torch.device("cpu"), tok.pad_token_id)
+            print(f"{variant}: official F1 {all_scores(test.y, softmax(one), train.label_names)['semeval']:.2f} "
+                  f"on the written reading alone, {scores['semeval']:.2f} with --tta swap", flush=True)
         row = {"variant": variant, "semeval_official": round(scores["semeval"], 2), "accuracy": round(scores["accuracy"], 2),
                "train_minutes": round(res.train_seconds / 60, 2), "train_examples_per_s": round(res.train_examples_per_s, 1),
                "best_epoch": res.best_epoch, "padding_share": round(res.padding_share, 4), "wall_minutes": round(wall / 60, 2),

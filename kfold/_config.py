@@ -28,6 +28,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pool": ("",) + POOLS,
     "loss": ("ce", "focal"),
     "class_weights": ("none", "balanced"),
+    "augment": ("none", "swap"),
+    "tta": ("none", "swap"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "metric": METRICS,
     "device": ("auto", "cpu", "cuda", "mps"),
@@ -68,10 +70,14 @@ class Config:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    ema: float = 0.0
     loss: str = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
     class_weights: str = "none"
+    # entity swap (labels with directions, e.g. SemEval): extra training rows / a second prediction
+    augment: str = "none"
+    tta: str = "none"
     # speed and memory
     precision: str = "auto"
     grad_checkpointing: bool = False
@@ -103,6 +109,8 @@ class Config:
             raise ConfigError(f"dropout = {self.dropout}: expected 0 <= x < 1")
         if not 0.0 <= self.warmup_ratio <= 1.0:
             raise ConfigError(f"warmup_ratio = {self.warmup_ratio}: expected 0 <= x <= 1")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema = {self.ema}: expected 0 (off) or a decay 0 < x < 1, e.g. 0.99")
         if self.lr <= 0 or self.head_lr < 0:
             raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
 

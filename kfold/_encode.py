@@ -55,6 +55,14 @@ class Features:
         return Features(ids, offsets, self.ent[indices], self.cropped[indices])
 
 
+def concat_features(*parts: Features) -> Features:
+    """The rows of ``parts`` one after the other."""
+    lengths = np.concatenate([p.lengths for p in parts]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Features(np.concatenate([p.ids for p in parts]).astype(np.int32), offsets,
+                    np.concatenate([p.ent for p in parts]), np.concatenate([p.cropped for p in parts]))
+
+
 def special_template(tokenizer) -> tuple[list[int], list[int]]:
     """The special-token ids a tokenizer puts before and after a single sequence ([CLS] / [SEP], <s> / </s>)."""
     with_sp = tokenizer("a", add_special_tokens=True)["input_ids"]

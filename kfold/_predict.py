@@ -12,6 +12,7 @@ from ._encode import encode
 from ._errors import StoreError
 from ._readers import read_dataset
 from ._store import Predictions, RunDir, save_predictions
+from ._swap import inverse_labels, swap_entities
 
 
 def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | None = None,
@@ -35,7 +36,7 @@ def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | No
     import torch
 
     from ._models import load_tokenizer_dir
-    from ._train import build_model, pick_device, pick_precision, predict
+    from ._train import build_model, pick_device, pick_precision, predict_views
 
     run = RunDir(run_dir)
     raw = run.read_config()
@@ -49,6 +50,10 @@ def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | No
                         repair_offsets=cfg.repair_offsets)
     tok = load_tokenizer_dir(folders[0])
     feats, cropped = encode(test, tok, cfg.marker, cfg.max_len)
+    swapped = perm = None
+    if cfg.tta == "swap":  # predicted as the run's folds were: both readings, averaged
+        perm = inverse_labels(names, f"{run.root} (--tta swap)")
+        swapped = encode(swap_entities(test), tok, cfg.marker, cfg.max_len)[0]
     if cropped:
         log(f"cropped {cropped} sentence(s) longer than max_len {cfg.max_len}")
     device = pick_device(cfg.device)
@@ -58,7 +63,7 @@ def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | No
         model = build_model(cfg, len(names), len(tok))
         model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
         model.to(device)
-        per_fold.append(predict(model, feats, cfg.eval_batch_size, device, tok.pad_token_id, dtype))
+        per_fold.append(predict_views(model, feats, swapped, perm, cfg.eval_batch_size, device, tok.pad_token_id, dtype))
         log(f"{run.name} fold {fold}: predicted {len(test)} rows")
     stack = np.stack(per_fold)
     out = Path(out) if out else run.root / f"predict-{Path(test_file).stem}.npz"

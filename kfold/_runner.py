@@ -13,13 +13,14 @@ import numpy as np
 
 from ._config import Config, environment
 from ._data import LoadedData, load_data
-from ._encode import Features, encode_cached
+from ._encode import Features, concat_features, encode_cached
 from ._errors import StoreError
 from ._folds import FoldMap, fold_map_for
 from ._markers import check_marker, entity_types, marker_tokens
 from ._metrics import all_scores, majority_accuracy, softmax
 from ._models import backbone_slug, load_tokenizer
 from ._store import Predictions, RunDir, save_predictions
+from ._swap import inverse_labels, swap_entities
 from ._textio import write_json_atomic
 from ._train import FoldData, train_fold
 
@@ -84,6 +85,7 @@ def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print
     fm = fold_map_for(workdir, data.train, cfg.folds, cfg.fold_seed, cfg.group, log)
     tokenizer = load_tokenizer(cfg.backbone, marker_tokens(cfg.marker, entity_types(datasets)))
     cache = Path(workdir) / "cache"
+    swapped = swapped_features(cfg, data.train, data.test, tokenizer, cache)
     train_feats, n_crop, hit = encode_cached(data.train, tokenizer, cfg.marker, cfg.max_len, cache)
     test_feats = None
     if data.test is not None:
@@ -91,7 +93,42 @@ def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print
         n_crop += n_crop_test
     if n_crop:
         log(f"cropped {n_crop} sentence(s) longer than max_len {cfg.max_len} to windows that keep both entities")
-    return data, fm, tokenizer, train_feats, test_feats, hit
+    return data, fm, tokenizer, train_feats, test_feats, hit, swapped
+
+
+@dataclass
+class Swapped:
+    """Token features of the training and test rows with the entities swapped (``--augment/--tta swap``)."""
+
+    perm: np.ndarray
+    train: Features
+    test: Features | None
+
+
+def swapped_features(cfg: Config, train, test, tokenizer, cache: str | Path | None) -> Swapped | None:
+    """The swapped readings a config needs (None without ``--augment swap`` / ``--tta swap``).
+
+    Raises ConfigError, before any encoding, when the labels carry no direction to invert."""
+    if cfg.augment != "swap" and cfg.tta != "swap":
+        return None
+    perm = inverse_labels(train.label_names, f"{train.path} (--augment/--tta swap)")
+    encoded = [encode_cached(swap_entities(ds), tokenizer, cfg.marker, cfg.max_len, cache)[0] if ds is not None else None
+               for ds in (train, test)]
+    return Swapped(perm, *encoded)
+
+
+def fold_data(cfg: Config, tr: np.ndarray, va: np.ndarray, y: np.ndarray, train_feats: Features,
+              test_feats: Features | None, swapped: Swapped | None) -> FoldData:
+    """One fold's FoldData. ``--augment swap`` adds the swapped copy of every training-part row (the
+    validation part is never augmented, so OOF stays one row per id); ``--tta swap`` adds the swapped
+    validation and test rows."""
+    train, y_train = train_feats.take(tr), y[tr]
+    if cfg.augment == "swap":
+        train, y_train = concat_features(train, swapped.train.take(tr)), np.concatenate([y_train, swapped.perm[y[tr]]])
+    data = FoldData(train, y_train, train_feats.take(va), y[va], test_feats)
+    if cfg.tta == "swap":
+        data.valid_swapped, data.test_swapped, data.swap_perm = swapped.train.take(va), swapped.test, swapped.perm
+    return data
 
 
 def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
@@ -119,7 +156,7 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     -------
     >>> run_kfold(Config(variant="split", data="train.tsv"), "runs")  # doctest: +SKIP
     """
-    data, fm, tokenizer, train_feats, test_feats, _ = prepare(cfg, workdir, log)
+    data, fm, tokenizer, train_feats, test_feats, _, swapped = prepare(cfg, workdir, log)
     run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag))
     _check_identity(run, cfg, data, fm)
     y = data.train.y
@@ -148,7 +185,9 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
                 if record is not None:
                     outcome.skipped.append(fold)
                 else:
-                    record = _train_one(cfg, run, fold, fm, data, train_feats, test_feats, y, tokenizer, log, model_factory)
+                    record = _train_one(cfg, run, fold, fm, data, fold_data(cfg, fm.train_index(fold), fm.valid_index(fold), y,
+                                                                             train_feats, test_feats, swapped),
+                                        y, tokenizer, log, model_factory)
                     outcome.trained.append(fold)
         if on_fold is not None:
             on_fold(fold, record)
@@ -159,12 +198,11 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     return outcome
 
 
-def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, train_feats: Features,
-               test_feats: Features | None, y: np.ndarray, tokenizer, log, model_factory) -> None:
+def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, fdata: FoldData, y: np.ndarray, tokenizer,
+               log, model_factory) -> dict:
     tr, va = fm.train_index(fold), fm.valid_index(fold)
-    fold_data = FoldData(train_feats.take(tr), y[tr], train_feats.take(va), y[va], test_feats)
     t0 = time.perf_counter()
-    res = train_fold(cfg, data.train.label_names, fold_data, pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
+    res = train_fold(cfg, data.train.label_names, fdata, pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
                      fold=fold, desc=run.name, log=log,
                      model_factory=(lambda: model_factory(cfg, len(data.train.label_names), len(tokenizer))) if model_factory else None)
     wall = time.perf_counter() - t0

@@ -35,6 +35,11 @@ class FoldData:
     valid: Features
     y_valid: np.ndarray
     test: Features | None = None
+    # --tta swap: the same validation / test rows with the entities swapped, and the label permutation
+    # that reads their logits back in the original order (kfold._swap)
+    valid_swapped: Features | None = None
+    test_swapped: Features | None = None
+    swap_perm: np.ndarray | None = None
 
 
 @dataclass
@@ -119,6 +124,20 @@ def _linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], flo
     return factor
 
 
+def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s parameters (None when ``decay`` is 0).
+
+    ``update_parameters(model)`` after each optimizer step moves the average ``1 - decay`` of the way
+    to the current weights (the first call copies them). Buffers are not averaged: BERT-style encoders
+    keep integer position ids there, which an average would corrupt.
+    """
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -141,6 +160,19 @@ def predict(model: torch.nn.Module, feats: Features, batch_size: int, device: to
             batch_size //= 2
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def predict_views(model: torch.nn.Module, feats: Features, swapped: Features | None, perm: np.ndarray | None,
+                  batch_size: int, device: torch.device, pad_id: int, dtype) -> np.ndarray:
+    """Logits of ``feats``; with ``swapped`` (test-time entity swap) the mean of the logits of both
+    readings, the swapped one's columns put back under the original labels."""
+    logits = predict(model, feats, batch_size, device, pad_id, dtype)
+    if swapped is None:
+        return logits
+    from ._swap import unswap_logits
+
+    other = unswap_logits(predict(model, swapped, batch_size, device, pad_id, dtype), perm)
+    return ((logits.astype(np.float64) + other) / 2).astype(np.float32)
 
 
 @torch.inference_mode()
@@ -200,6 +232,10 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    # --ema: an exponential moving average of the weights is what gets evaluated, selected and saved
+    # (a second copy of the model; the raw weights keep training)
+    averaged = weight_average(model, cfg.ema)
+    eval_model = averaged.module if averaged is not None else model
 
     def run_micro(idx: np.ndarray, scale: float) -> torch.Tensor:
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(data.train, idx, pad_id, data.y_train).items()}
@@ -270,6 +306,8 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(step_loss)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -279,7 +317,8 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         train_rows += len(data.train)
 
         # model selection on this fold's validation part only; the test set is never scored here
-        valid_logits = predict(model, data.valid, cfg.eval_batch_size, device, pad_id, dtype)
+        valid_logits = predict_views(eval_model, data.valid, data.valid_swapped, data.swap_perm, cfg.eval_batch_size,
+                                     device, pad_id, dtype)
         if not np.isfinite(valid_logits).all():
             raise TrainingError(f"{desc} fold {fold} epoch {epoch + 1}: validation logits are not finite")
         scores = all_scores(data.y_valid, softmax(valid_logits), label_names, cfg.no_relation or None)
@@ -288,21 +327,22 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
             + " ".join(f"{k} {v:.2f}" for k, v in scores.items()) + f" ({epoch_seconds:.0f}s)")
         if best is None or better(cfg.metric, scores[cfg.metric], best[0]):
             last = epoch == cfg.epochs - 1
-            state = None if last else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            state = None if last else {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()}
             best = (scores[cfg.metric], epoch + 1, valid_logits, scores, state)
 
     assert best is not None
     _, best_epoch, valid_logits, best_scores, state = best
     if state is not None:
-        model.load_state_dict(state)
+        eval_model.load_state_dict(state)
     test_logits = None
     if data.test is not None:
-        test_logits = predict(model, data.test, cfg.eval_batch_size, device, pad_id, dtype)
+        test_logits = predict_views(eval_model, data.test, data.test_swapped, data.swap_perm, cfg.eval_batch_size,
+                                    device, pad_id, dtype)
         if not np.isfinite(test_logits).all():
             raise TrainingError(f"{desc} fold {fold}: test logits are not finite")
     return FoldResult(
         valid_logits=valid_logits, test_logits=test_logits, best_epoch=best_epoch, metrics=best_scores,
         history=history, train_seconds=train_seconds, train_examples_per_s=train_rows / max(train_seconds, 1e-9),
         padding_share=float(np.mean(pad_shares)), micro_batch=micro, accum_steps=accum,
-        state_dict=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}) if cfg.save_models else None,
+        state_dict=copy.deepcopy({k: v.cpu() for k, v in eval_model.state_dict().items()}) if cfg.save_models else None,
     )

@@ -9,11 +9,11 @@ import torch
 from kfold._batching import find_micro_batch, length_grouped_batches, padding_share, sorted_batches
 from kfold._config import Config
 from kfold._encode import encode
-from kfold._errors import TrainingError
+from kfold._errors import ConfigError, TrainingError
 from kfold._markers import marker_tokens
 from kfold._models import load_tokenizer
 from kfold._readers import read_dataset
-from kfold._train import FoldData, _param_groups, build_model, train_fold
+from kfold._train import FoldData, _param_groups, build_model, predict, train_fold, weight_average
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,49 @@ def test_no_weight_decay_on_bias_and_layernorm(tiny_bert):
         assert (id(p) in no_decay) == is_norm_or_bias, name
     head = {id(p) for p in model.head_parameters()}
     assert all(g["lr"] == 1e-3 for g in groups if id(g["params"][0]) in head)
+
+
+def test_weight_average_is_an_exponential_moving_average_of_parameters_only():
+    model = torch.nn.Linear(3, 2)
+    model.register_buffer("position_ids", torch.arange(7))
+    start = model.weight.detach().clone()
+    averaged = weight_average(model, 0.75)
+    averaged.update_parameters(model)  # first call copies
+    with torch.no_grad():
+        model.weight.add_(4.0)
+    averaged.update_parameters(model)
+    torch.testing.assert_close(averaged.module.weight, start + 1.0)  # 0.75 * w + 0.25 * (w + 4)
+    assert torch.equal(averaged.module.position_ids, torch.arange(7))
+    assert weight_average(model, 0.0) is None
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_ema_evaluates_and_saves_the_averaged_weights_without_changing_training(fold_data, tiny_bert, epochs):
+    names, tok, data = fold_data
+    built = []
+
+    def factory():
+        built.append(build_model(Config(backbone=tiny_bert), len(names), len(tok)))
+        return built[-1]
+
+    def run(ema):
+        cfg = Config(backbone=tiny_bert, epochs=epochs, batch_size=8, lr=1e-3, ema=ema, save_models=True, metric="accuracy")
+        return train_fold(cfg, names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), log=lambda m: None,
+                          model_factory=factory)
+
+    plain, ema = run(0.0), run(0.9)
+    # the raw weights follow the same trajectory (same training losses): the average is a bystander
+    assert [h["train_loss"] for h in plain.history] == [h["train_loss"] for h in ema.history]
+    # ... but what is evaluated, used for the test logits and saved is the average
+    assert not np.array_equal(plain.test_logits, ema.test_logits)
+    assert any(not torch.equal(v, plain.state_dict[k]) for k, v in ema.state_dict.items())
+    fresh = build_model(Config(backbone=tiny_bert), len(names), len(tok))
+    fresh.load_state_dict(ema.state_dict)
+    np.testing.assert_allclose(predict(fresh, data.test, 64, torch.device("cpu"), tok.pad_token_id, None),
+                               ema.test_logits, rtol=1e-5, atol=1e-6)
+    assert ema.metrics["accuracy"] == ema.history[ema.best_epoch - 1]["accuracy"]
+
+
+def test_ema_must_be_a_decay_below_one():
+    with pytest.raises(ConfigError, match=r"ema = 1.0: expected 0 \(off\) or a decay 0 < x < 1"):
+        Config(ema=1.0)
