@@ -29,6 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ce", "focal"),
     "class_weights": ("none", "balanced"),
     "augment": ("none", "swap"),
+    "cls_vector": ("auto", "first", "mean"),
     "tta": ("none", "swap"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "metric": METRICS,
@@ -59,6 +60,9 @@ class Config:
     max_len: int = 256
     activation: str = ""
     pool: str = ""
+    # the sentence vector: "auto" = the pooler when the checkpoint has trained pooler weights, else the first
+    # token's hidden state; "first" = always the first token; "mean" = mean of all tokens (sentence-transformers)
+    cls_vector: str = "auto"
     dropout: float = 0.1
     # optimisation
     epochs: int = 3

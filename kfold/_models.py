@@ -167,11 +167,13 @@ _WIDTH = {"cat": 3, "mul": 4, "absdiff": 4, "clsmul": 2, "clsmul_mul": 3, "sbert
 class RelationModel(nn.Module):
     """An encoder plus a relation head. ``forward`` returns ``{"logits"}`` and ``{"loss"}`` with labels."""
 
-    def __init__(self, backbone: nn.Module, variant: Variant, num_labels: int, dropout: float, use_pooler: bool):
+    def __init__(self, backbone: nn.Module, variant: Variant, num_labels: int, dropout: float, cls_vector: str = "first"):
         super().__init__()
         self.backbone = backbone
         self.variant = variant
-        self.use_pooler = use_pooler
+        # "pooler" (the backbone's trained pooler), "first" (first token's hidden state) or "mean" (all tokens);
+        # "auto" means "first" once the pooler has been ruled out
+        self.cls_vector = "first" if cls_vector == "auto" else cls_vector
         hidden = backbone.config.hidden_size
         if variant.head == "rbert":
             self.cls_fc = ProjectionLayer(hidden, hidden, dropout, variant.activation) if variant.uses_cls else None
@@ -189,7 +191,13 @@ class RelationModel(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state
         v = self.variant
-        cls = out.pooler_output if self.use_pooler else hidden[:, 0]
+        if self.cls_vector == "pooler":
+            cls = out.pooler_output
+        elif self.cls_vector == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            cls = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        else:
+            cls = hidden[:, 0]
         e1 = e2 = None
         if v.uses_entities:
             e1 = _entity_vector(hidden, ent[:, 0], ent[:, 1], ent[:, 2], v.pool)

@@ -98,8 +98,8 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
 def build_model(cfg: Config, num_labels: int, vocab_size: int | None) -> RelationModel:
     """Backbone (Auto classes) + the variant's head, with the config's activation/pool overrides."""
     variant = get_variant(cfg.variant).with_overrides(cfg.activation, cfg.pool)
-    backbone, has_pooler = load_backbone(cfg.backbone, variant.use_pooler, vocab_size)
-    return RelationModel(backbone, variant, num_labels, cfg.dropout, has_pooler)
+    backbone, has_pooler = load_backbone(cfg.backbone, variant.use_pooler and cfg.cls_vector == "auto", vocab_size)
+    return RelationModel(backbone, variant, num_labels, cfg.dropout, "pooler" if has_pooler else cfg.cls_vector)
 
 
 def _param_groups(model: RelationModel, cfg: Config) -> list[dict]:

@@ -93,6 +93,31 @@ def test_cls_head_uses_first_token_without_pooler(backbones):
     assert torch.allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_cls_vector_setting_picks_pooler_first_token_or_token_mean(backbones, kind):
+    tok, batch = _batch(backbones[kind])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (mask == 0).any()  # padded rows: the mean must leave padding out
+
+    def logits_and_hidden(cls_vector):
+        cfg = Config(variant="cls", backbone=backbones[kind], dropout=0.0, cls_vector=cls_vector)
+        model = build_model(cfg, 4, len(tok)).eval()
+        out = model.backbone(input_ids=ids, attention_mask=mask)
+        return model, out, model(ids, mask, batch["ent"])["logits"]
+
+    model, out, got = logits_and_hidden("mean")
+    m = mask.unsqueeze(-1).float()
+    torch.testing.assert_close(got, model.classifier((out.last_hidden_state * m).sum(1) / m.sum(1)))
+    model, out, got = logits_and_hidden("first")
+    assert getattr(model.backbone, "pooler", None) is None  # not even built
+    torch.testing.assert_close(got, model.classifier(out.last_hidden_state[:, 0]))
+    model, out, got = logits_and_hidden("auto")
+    if kind == "bert":  # a trained pooler is used
+        torch.testing.assert_close(got, model.classifier(out.pooler_output))
+    else:
+        torch.testing.assert_close(got, model.classifier(out.last_hidden_state[:, 0]))
+
+
 def test_marker_tokens_resize_embeddings(backbones):
     tok = load_tokenizer(backbones["bert"], marker_tokens("entity_marker", []))
     model = build_model(Config(variant="split", backbone=backbones["bert"], marker="entity_marker"), 3, len(tok))
