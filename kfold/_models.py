@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -75,6 +76,14 @@ def _checkpoint_keys(path: Path) -> set[str] | None:
     return None
 
 
+def _drop_unused_weights_report(record: logging.LogRecord) -> bool:
+    """Logging filter: drop transformers' load report when all it lists are checkpoint weights left unused
+    (a pooler skipped on purpose, pre-training heads); missing weights are load_backbone's own error."""
+    text = record.getMessage()
+    return not ("LOAD REPORT" in text and "UNEXPECTED" in text
+                and not any(word in text for word in ("MISSING", "MISMATCH", "CONVERSION")))
+
+
 def load_backbone(backbone: str, want_pooler: bool, vocab_size: int | None = None):
     """Load an encoder; returns (model, has_pooler).
 
@@ -98,10 +107,14 @@ def load_backbone(backbone: str, want_pooler: bool, vocab_size: int | None = Non
     use_pooler = bool(want_pooler and has_pooler_weights and accepts_flag)
     if accepts_flag:
         kwargs["add_pooling_layer"] = use_pooler
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_logger.addFilter(_drop_unused_weights_report)
     try:
         model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"backbone '{backbone}': cannot load its weights ({str(exc).splitlines()[0]})") from None
+    finally:
+        report_logger.removeFilter(_drop_unused_weights_report)
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ConfigError(f"backbone '{backbone}': the checkpoint lacks {len(missing)} weights ({missing[:3]}); "

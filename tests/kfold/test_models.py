@@ -84,6 +84,19 @@ def test_cls_vector_comes_from_pooler_only_when_trained(backbones, kind, expect_
     assert "newly initialized" not in text and "not initialized" not in text
 
 
+def test_skipping_a_trained_pooler_prints_no_load_report(backbones, caplog):
+    from transformers import AutoModel
+
+    with caplog.at_level(logging.WARNING):
+        AutoModel.from_pretrained(backbones["bert"], add_pooling_layer=False)
+    assert "LOAD REPORT" in caplog.text and "pooler" in caplog.text  # what transformers says on its own
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        model, has_pooler = load_backbone(backbones["bert"], want_pooler=False)
+    assert not has_pooler and getattr(model, "pooler", None) is None
+    assert "LOAD REPORT" not in caplog.text
+
+
 def test_cls_head_uses_first_token_without_pooler(backbones):
     tok, batch = _batch(backbones["roberta"])
     model = build_model(Config(variant="cls", backbone=backbones["roberta"], dropout=0.0), 4, len(tok)).eval()
