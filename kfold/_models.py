@@ -184,9 +184,8 @@ class RelationModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.variant = variant
-        # "pooler" (the backbone's trained pooler), "first" (first token's hidden state) or "mean" (all tokens);
-        # "auto" means "first" once the pooler has been ruled out
-        self.cls_vector = "first" if cls_vector == "auto" else cls_vector
+        # "pooler" (the backbone's trained pooler), "first" (first token's hidden state) or "mean" (all tokens)
+        self.cls_vector = cls_vector
         hidden = backbone.config.hidden_size
         if variant.head == "rbert":
             self.cls_fc = ProjectionLayer(hidden, hidden, dropout, variant.activation) if variant.uses_cls else None

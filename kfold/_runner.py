@@ -185,9 +185,8 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
                 if record is not None:
                     outcome.skipped.append(fold)
                 else:
-                    record = _train_one(cfg, run, fold, fm, data, fold_data(cfg, fm.train_index(fold), fm.valid_index(fold), y,
-                                                                             train_feats, test_feats, swapped),
-                                        y, tokenizer, log, model_factory)
+                    record = _train_one(cfg, run, fold, fm, data, train_feats, test_feats, swapped, y, tokenizer, log,
+                                        model_factory)
                     outcome.trained.append(fold)
         if on_fold is not None:
             on_fold(fold, record)
@@ -198,9 +197,10 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     return outcome
 
 
-def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, fdata: FoldData, y: np.ndarray, tokenizer,
-               log, model_factory) -> dict:
+def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, train_feats: Features,
+               test_feats: Features | None, swapped: Swapped | None, y: np.ndarray, tokenizer, log, model_factory) -> dict:
     tr, va = fm.train_index(fold), fm.valid_index(fold)
+    fdata = fold_data(cfg, tr, va, y, train_feats, test_feats, swapped)
     t0 = time.perf_counter()
     res = train_fold(cfg, data.train.label_names, fdata, pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
                      fold=fold, desc=run.name, log=log,

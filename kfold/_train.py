@@ -23,6 +23,7 @@ from ._errors import ConfigError, TrainingError
 from ._losses import RelationLoss, class_weight_vector
 from ._metrics import all_scores, better, softmax
 from ._models import RelationModel, enable_checkpointing, load_backbone
+from ._swap import unswap_logits
 from ._variants import get_variant
 
 
@@ -99,7 +100,8 @@ def build_model(cfg: Config, num_labels: int, vocab_size: int | None) -> Relatio
     """Backbone (Auto classes) + the variant's head, with the config's activation/pool overrides."""
     variant = get_variant(cfg.variant).with_overrides(cfg.activation, cfg.pool)
     backbone, has_pooler = load_backbone(cfg.backbone, variant.use_pooler and cfg.cls_vector == "auto", vocab_size)
-    return RelationModel(backbone, variant, num_labels, cfg.dropout, "pooler" if has_pooler else cfg.cls_vector)
+    cls_vector = "pooler" if has_pooler else "first" if cfg.cls_vector == "auto" else cfg.cls_vector
+    return RelationModel(backbone, variant, num_labels, cfg.dropout, cls_vector)
 
 
 def _param_groups(model: RelationModel, cfg: Config) -> list[dict]:
@@ -169,8 +171,6 @@ def predict_views(model: torch.nn.Module, feats: Features, swapped: Features | N
     logits = predict(model, feats, batch_size, device, pad_id, dtype)
     if swapped is None:
         return logits
-    from ._swap import unswap_logits
-
     other = unswap_logits(predict(model, swapped, batch_size, device, pad_id, dtype), perm)
     return ((logits.astype(np.float64) + other) / 2).astype(np.float32)
 
