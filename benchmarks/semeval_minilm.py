@@ -42,6 +42,20 @@ def _setting(text: str):
         return key, value
 
 
+def _blend_row(method: str, members, y_valid, y_test, label_names) -> dict:
+    """The toolkit's soft vote of the members, fitted on the held-out slice, scored on the test set."""
+    from ensemble._blenders import SoftVote
+
+    blender = SoftVote(temperature=method == "soft-temperature").fit(np.stack([m.valid_logits for m in members]), y_valid)
+    probs = blender.predict_proba(np.stack([m.test_logits for m in members]))
+    scores = all_scores(y_test, probs, label_names)
+    seconds = sum(m.train_seconds for m in members)
+    examples = sum(m.train_seconds * m.train_examples_per_s for m in members)
+    return {"variant": f"{method} vote", "semeval_official": round(scores["semeval"], 2),
+            "accuracy": round(scores["accuracy"], 2), "train_minutes": round(seconds / 60, 2),
+            "train_examples_per_s": round(examples / seconds, 1), "best_epoch": None}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA), help="folder with train.tsv, test.tsv, label.txt")
@@ -57,6 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any other Config setting, e.g. --set label_smoothing=0.1 (repeatable)")
+    ap.add_argument("--blend", default="", choices=["", "soft", "soft-temperature"],
+                    help="also score the soft vote of all variants (fitted on the held-out slice); "
+                         "its training time is the members' sum")
     ap.add_argument("--out", default="", help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -72,7 +89,7 @@ def main(argv=None) -> int:
     order = rng.permutation(len(train))
     va, tr = np.sort(order[: args.holdout]), np.sort(order[args.holdout :])
     y = train.y
-    results = []
+    results, members = [], []
     for variant in args.variants.split(","):
         cfg = Config(variant=variant, backbone="minilm", marker=args.marker, max_len=args.max_len, epochs=args.epochs,
                      lr=args.lr, batch_size=args.batch_size, pool=args.pool, seed=args.seed, eval_batch_size=128)
@@ -99,7 +116,11 @@ def main(argv=None) -> int:
                "best_epoch": res.best_epoch, "padding_share": round(res.padding_share, 4), "wall_minutes": round(wall / 60, 2),
                "settings": {k: v for k, v in cfg.to_dict().items() if v != getattr(Config(), k)}}
         results.append(row)
+        members.append(res)
         print(json.dumps(row), flush=True)
+    if args.blend and len(members) > 1:
+        results.append(_blend_row(args.blend, members, y[va], test.y, train.label_names))
+        print(json.dumps(results[-1]), flush=True)
     print(f"\n{'variant':<10} {'official F1':>11} {'accuracy':>9} {'train min':>9} {'train ex/s':>10}")
     for r in results:
         print(f"{r['variant']:<10} {r['semeval_official']:>11.2f} {r['accuracy']:>9.2f} {r['train_minutes']:>9.2f} "
@@ -109,6 +130,11 @@ def main(argv=None) -> int:
           f"training minutes (target: >= 86.0 within 10)")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+        # the logits too, for post-hoc analysis: <out>.npz with y_valid, y_test and each variant's logits
+        arrays = {"y_valid": y[va], "y_test": test.y}
+        for row, res in zip(results, members):
+            arrays[f"{row['variant']}_valid"], arrays[f"{row['variant']}_test"] = res.valid_logits, res.test_logits
+        np.savez_compressed(Path(args.out).with_suffix(".npz"), **arrays)
     return 0
 
 

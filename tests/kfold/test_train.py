@@ -189,3 +189,54 @@ def test_ema_evaluates_and_saves_the_averaged_weights_without_changing_training(
 def test_ema_must_be_a_decay_below_one():
     with pytest.raises(ConfigError, match=r"ema = 1.0: expected 0 \(off\) or a decay 0 < x < 1"):
         Config(ema=1.0)
+
+
+def test_cpu_bf16_computes_in_bf16_learns_like_fp32_and_keeps_float32_logits(fold_data, tiny_bert):
+    # bf16 autocast on the CPU (fast where the CPU has AMX): the backbone's matrix products run in bf16,
+    # the epoch losses fall and stay close to fp32's, and the stored logits are float32 either way
+    names, tok, data = fold_data
+    losses = {}
+    for precision, expected in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        seen: set = set()
+
+        def factory():
+            model = build_model(Config(backbone=tiny_bert, dropout=0.0), len(names), len(tok))
+            first = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear))
+            first.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype))
+            return model
+
+        cfg = Config(backbone=tiny_bert, epochs=3, batch_size=8, lr=1e-3, dropout=0.0, warmup_ratio=0.0,
+                     precision=precision, device="cpu")
+        res = train_fold(cfg, names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), log=lambda m: None,
+                         model_factory=factory)
+        assert seen == {expected}
+        assert res.valid_logits.dtype == np.float32 and np.isfinite(res.valid_logits).all()
+        losses[precision] = np.array([h["train_loss"] for h in res.history])
+        assert (np.diff(losses[precision]) < 0).all(), losses
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], atol=0.02)
+    assert not np.array_equal(losses["bf16"], losses["fp32"])
+
+
+def test_precision_note_names_the_faster_or_slower_choice(monkeypatch):
+    import kfold._train as train
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert "--precision bf16 trains faster" in train.precision_note("auto", cpu)
+    assert train.precision_note("bf16", cpu) is None and train.precision_note("fp32", cpu) is None
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert "emulated and slower than fp32" in train.precision_note("bf16", cpu)
+    assert train.precision_note("auto", cpu) is None
+    assert train.precision_note("bf16", cuda) is None and train.precision_note("auto", cuda) is None
+
+
+def test_native_bf16_detection_agrees_with_the_cpu_flags():
+    from pathlib import Path
+
+    from kfold._train import cpu_has_native_bf16
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = set(info.read_text().split())
+    assert cpu_has_native_bf16() == bool({"amx_tile", "avx512_bf16"} & flags)
