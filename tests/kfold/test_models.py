@@ -57,7 +57,7 @@ def test_every_variant_gives_logits_and_learns_a_fixed_batch(backbones, kind, va
     losses = []
     for _ in range(10):
         loss = model(**batch)["loss"]
-        losses.append(float(loss))
+        losses.append(loss.item())
         loss.backward()
         opt.step()
         opt.zero_grad()
