@@ -39,7 +39,7 @@ def run_arm(precision: str, variant: str, n_train: int, n_infer: int, batch_size
     from kfold._models import load_tokenizer
     from kfold._readers import read_dataset
     from kfold._metrics import softmax
-    from kfold._train import FoldData, predict, train_fold
+    from kfold._train import FoldData, build_model, pick_precision, predict, train_fold
 
     ds = read_dataset(DATA / "train.tsv", DATA / "label.txt", format="semeval")
     ds = ds.subset(np.random.default_rng(0).permutation(len(ds))[: n_train + n_infer])
@@ -51,8 +51,6 @@ def run_arm(precision: str, variant: str, n_train: int, n_infer: int, batch_size
                  device="cpu", eval_batch_size=128, save_models=True)
     res = train_fold(cfg, ds.label_names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), log=lambda m: None)
     # inference alone, timed on the trained weights (train_fold's own evaluation is part of its epoch)
-    from kfold._train import build_model, pick_precision
-
     model = build_model(cfg, len(ds.label_names), len(tok))
     model.load_state_dict(res.state_dict)
     dtype = pick_precision(precision, torch.device("cpu"))
@@ -84,7 +82,7 @@ def main(argv=None) -> int:
     from kfold._train import cpu_has_native_bf16
 
     rows = {"fp32": [], "bf16": []}
-    rest = [a for a in (argv if argv is not None else sys.argv[1:])]
+    rest = list(argv if argv is not None else sys.argv[1:])
     for r in range(args.repeats):
         for arm in ("fp32", "bf16"):
             proc = subprocess.run([sys.executable, __file__, "--arm", arm] + rest, capture_output=True, text=True)

@@ -49,17 +49,19 @@ class Features:
         """Features of the given rows, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
         rows = [self.row(i) for i in indices]
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         ids = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32)
-        return Features(ids, offsets, self.ent[indices], self.cropped[indices])
+        return Features(ids, _offsets([len(r) for r in rows]), self.ent[indices], self.cropped[indices])
+
+
+def _offsets(lengths) -> np.ndarray:
+    """Row start positions in a flat id array, plus the end: [0, l0, l0+l1, ...]."""
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int64)
 
 
 def concat_features(*parts: Features) -> Features:
     """The rows of ``parts`` one after the other."""
-    lengths = np.concatenate([p.lengths for p in parts]).astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return Features(np.concatenate([p.ids for p in parts]).astype(np.int32), offsets,
+    lengths = np.concatenate([p.lengths for p in parts])
+    return Features(np.concatenate([p.ids for p in parts]).astype(np.int32), _offsets(lengths),
                     np.concatenate([p.ent for p in parts]), np.concatenate([p.cropped for p in parts]))
 
 

@@ -53,7 +53,7 @@ def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | No
     swapped = perm = None
     if cfg.tta == "swap":  # predicted as the run's folds were: both readings, averaged
         perm = inverse_labels(names, f"{run.root} (--tta swap)")
-        swapped = encode(swap_entities(test), tok, cfg.marker, cfg.max_len)[0]
+        swapped = encode(swap_entities(test, perm), tok, cfg.marker, cfg.max_len)[0]
     if cropped:
         log(f"cropped {cropped} sentence(s) longer than max_len {cfg.max_len}")
     device = pick_device(cfg.device)

@@ -22,7 +22,7 @@ from ._models import backbone_slug, load_tokenizer
 from ._store import Predictions, RunDir, save_predictions
 from ._swap import inverse_labels, swap_entities
 from ._textio import write_json_atomic
-from ._train import FoldData, pick_device, precision_note, train_fold
+from ._train import FoldData, train_fold
 
 #: Settings that do not change a run's numbers; they may differ between invocations of one run.
 RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch")
@@ -93,9 +93,6 @@ def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print
         n_crop += n_crop_test
     if n_crop:
         log(f"cropped {n_crop} sentence(s) longer than max_len {cfg.max_len} to windows that keep both entities")
-    note = precision_note(cfg.precision, pick_device(cfg.device))
-    if note:
-        log(note)
     return data, fm, tokenizer, train_feats, test_feats, hit, swapped
 
 
@@ -115,7 +112,7 @@ def swapped_features(cfg: Config, train, test, tokenizer, cache: str | Path | No
     if cfg.augment != "swap" and cfg.tta != "swap":
         return None
     perm = inverse_labels(train.label_names, f"{train.path} (--augment/--tta swap)")
-    encoded = [encode_cached(swap_entities(ds), tokenizer, cfg.marker, cfg.max_len, cache)[0] if ds is not None else None
+    encoded = [encode_cached(swap_entities(ds, perm), tokenizer, cfg.marker, cfg.max_len, cache)[0] if ds is not None else None
                for ds in (train, test)]
     return Swapped(perm, *encoded)
 

@@ -48,9 +48,10 @@ def inverse_labels(label_names: Sequence[str], where: str = "entity swap") -> np
     return perm
 
 
-def swap_entities(ds: Dataset) -> Dataset:
-    """The same rows with subject and object (spans and types) exchanged and labels inverted; ids kept."""
-    perm = inverse_labels(ds.label_names)
+def swap_entities(ds: Dataset, perm: np.ndarray | None = None) -> Dataset:
+    """The same rows with subject and object (spans and types) exchanged and labels inverted; ids kept.
+    ``perm``: the labels' :func:`inverse_labels` when the caller has it already."""
+    perm = inverse_labels(ds.label_names) if perm is None else perm
     names = ds.label_names
     index = {name: i for i, name in enumerate(names)}
     examples = [dataclasses.replace(ex, subj=ex.obj, obj=ex.subj,

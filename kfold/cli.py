@@ -79,6 +79,11 @@ def _cmd_run(args) -> int:
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()] if args.backbones else [base.backbone]
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else [base.seed]
     folds = _int_list(args.fold, "--fold") if args.fold else None
+    from ._train import pick_device, precision_note
+
+    note = precision_note(base.precision, pick_device(base.device))  # once: precision/device are not per variant
+    if note:
+        _log(note)
     results = []
     for backbone in backbones:
         for variant in variants:

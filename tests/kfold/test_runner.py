@@ -227,9 +227,11 @@ def test_saved_fold_models_predict_a_new_file_like_the_run_did(tmp_path, demo_di
         predict_run(plain.run.root, demo_dir / "test.tsv")
 
 
-def test_cli_runs_variants_times_seeds_then_reports(tmp_path, demo_dir, tiny_bert, capsys):
+def test_cli_runs_variants_times_seeds_then_reports(tmp_path, demo_dir, tiny_bert, capsys, monkeypatch):
+    import kfold._train
     from kfold.cli import main
 
+    monkeypatch.setattr(kfold._train, "cpu_has_native_bf16", lambda: True)
     argv = ["run", "--workdir", str(tmp_path), "--backbone", tiny_bert, "--data", str(demo_dir / "train.tsv"),
             "--variants", "split,share", "--seeds", "1,2", "--folds", "3", "--epochs", "1", "--lr", "0.001"]
     assert main(argv) == 0
@@ -237,6 +239,7 @@ def test_cli_runs_variants_times_seeds_then_reports(tmp_path, demo_dir, tiny_ber
     per_fold = [line for line in out.splitlines() if "train ex/s" in line]
     assert len(per_fold) == 12 and all(" at epoch 1/1, 80 train / 40 valid" in line for line in per_fold)
     assert out.count(": OOF accuracy") == 4 and "majority-class accuracy on this data" in out
+    assert out.count("--precision bf16 trains faster") == 1  # once per command, not once per run
     assert main(["report", "--workdir", str(tmp_path), "--bootstrap", "50"]) == 0
     report = capsys.readouterr().out
     assert "split-bert-s1" in report and "share-bert-s2" in report and "(2)" in report  # seed spread over 2 seeds
