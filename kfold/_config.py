@@ -71,13 +71,22 @@ class Config:
     auto_micro_batch: bool = False
     lr: float = 5e-5
     head_lr: float = 0.0
+    # layer-wise learning-rate decay: the top encoder layer trains at lr, each layer below at decay x the one
+    # above, the embeddings at decay ** num_layers x lr (1.0 = one lr for the whole backbone)
+    layer_lr_decay: float = 1.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     ema: float = 0.0
+    # average the weights at the ends of the last N epochs (stochastic weight averaging over epoch ends);
+    # the average replaces best-epoch selection and is what is evaluated, used for test and saved
+    average_epochs: int = 0
     loss: str = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+    # R-Drop: each training row goes through the model twice (two dropout masks) and the loss adds
+    # rdrop x the symmetric KL between the two predictions (0 = off; doubles the cost of a step)
+    rdrop: float = 0.0
     class_weights: str = "none"
     # entity swap (labels with directions, e.g. SemEval): extra training rows / a second prediction
     augment: str = "none"
@@ -115,6 +124,14 @@ class Config:
             raise ConfigError(f"warmup_ratio = {self.warmup_ratio}: expected 0 <= x <= 1")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema = {self.ema}: expected 0 (off) or a decay 0 < x < 1, e.g. 0.99")
+        if self.rdrop < 0:
+            raise ConfigError(f"rdrop = {self.rdrop}: expected 0 (off) or a positive weight, e.g. 1.0")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ConfigError(f"layer_lr_decay = {self.layer_lr_decay}: expected 0 < x <= 1 (1 = no decay)")
+        if not 0 <= self.average_epochs <= self.epochs:
+            raise ConfigError(f"average_epochs = {self.average_epochs}: expected 0 (off) to epochs ({self.epochs})")
+        if self.average_epochs and self.ema:
+            raise ConfigError(f"average_epochs = {self.average_epochs} and ema = {self.ema}: choose one weight average")
         if self.lr <= 0 or self.head_lr < 0:
             raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
 

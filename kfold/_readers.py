@@ -193,7 +193,7 @@ def _competition_rows(path: Path, text: str) -> list[RawRow]:
                 continue
             if len(record) != 9:
                 if any("\n" in f for f in record):  # csv read on past the line end: an opening quote never closed
-                    raise data_error(path, row, "sentence", f"<a double quote opened on this row, never closed>",
+                    raise data_error(path, row, "sentence", "<a double quote opened on this row, never closed>",
                                      "a quoted sentence closed with '\"' (or no quote at the start of the sentence)")
                 raise data_error(path, row, None, f"<{len(record)} columns>",
                                  f"9 tab-separated columns ({', '.join(_COMPETITION_COLUMNS)})")

@@ -30,7 +30,8 @@ RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_
 NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "repair_offsets", "folds", "fold_seed", "group",
                "no_relation")
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
-          "warmup_ratio": "wu", "weight_decay": "wd", "activation": "act", "class_weights": "cw"}
+          "warmup_ratio": "wu", "weight_decay": "wd", "activation": "act", "class_weights": "cw",
+          "average_epochs": "avg", "layer_lr_decay": "lld"}
 
 
 def run_name(cfg: Config, tag: str = "") -> str:
@@ -220,7 +221,9 @@ def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, train
     }
     run.write_fold(fold, valid, test, record)
     metric = res.metrics.get(cfg.metric, float("nan"))
-    log(f"{run.name} fold {fold}: {cfg.metric} {metric:.2f} at epoch {res.best_epoch}/{cfg.epochs}, "
+    chosen = (f"weights averaged over epochs {cfg.epochs - cfg.average_epochs + 1}-{cfg.epochs}" if cfg.average_epochs
+              else f"at epoch {res.best_epoch}/{cfg.epochs}")
+    log(f"{run.name} fold {fold}: {cfg.metric} {metric:.2f} {chosen}, "
         f"{len(tr)} train / {len(va)} valid, {wall:.0f}s ({res.train_examples_per_s:.1f} train ex/s, "
         f"{res.padding_share * 100:.1f}% padding)")
     return record

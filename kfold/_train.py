@@ -20,9 +20,10 @@ from ._batching import (accumulation_steps, collate, find_micro_batch, is_oom, l
 from ._config import Config
 from ._encode import Features
 from ._errors import ConfigError, TrainingError
-from ._losses import RelationLoss, class_weight_vector
+from ._losses import RelationLoss, class_weight_vector, rdrop_kl
 from ._metrics import all_scores, better, softmax
 from ._models import RelationModel, enable_checkpointing, load_backbone
+from ._optim import linear_schedule, param_groups, weight_average
 from ._swap import unswap_logits
 from ._variants import get_variant
 
@@ -131,42 +132,6 @@ def build_model(cfg: Config, num_labels: int, vocab_size: int | None) -> Relatio
     return RelationModel(backbone, variant, num_labels, cfg.dropout, cls_vector)
 
 
-def _param_groups(model: RelationModel, cfg: Config) -> list[dict]:
-    """AdamW groups. Biases and LayerNorm weights (every 1-D tensor) get no weight decay: decay would
-    pull LayerNorm gains toward 0 and shift biases, which regularises nothing useful."""
-    head_ids = {id(p) for p in model.head_parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            groups.setdefault((id(p) in head_ids, p.ndim >= 2), []).append(p)
-    head_lr = cfg.head_lr or cfg.lr
-    return [{"params": ps, "lr": head_lr if is_head else cfg.lr, "weight_decay": cfg.weight_decay if decays else 0.0}
-            for (is_head, decays), ps in groups.items()]
-
-
-def _linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
-
-
-def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
-    """An exponential moving average of ``model``'s parameters (None when ``decay`` is 0).
-
-    ``update_parameters(model)`` after each optimizer step moves the average ``1 - decay`` of the way
-    to the current weights (the first call copies them). Buffers are not averaged: BERT-style encoders
-    keep integer position ids there, which an average would corrupt.
-    """
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -257,17 +222,23 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         enable_checkpointing(model.backbone)
     model.to(device)
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     # --ema: an exponential moving average of the weights is what gets evaluated, selected and saved
     # (a second copy of the model; the raw weights keep training)
-    averaged = weight_average(model, cfg.ema)
+    averaged = weight_average(model, cfg.ema) if cfg.ema else None
     eval_model = averaged.module if averaged is not None else model
+    # --average-epochs N: the mean of the weights at the ends of the last N epochs replaces epoch selection
+    # (made at the first of those epochs, so the copy costs no memory before)
+    epoch_average: torch.optim.swa_utils.AveragedModel | None = None
 
     def run_micro(idx: np.ndarray, scale: float) -> torch.Tensor:
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(data.train, idx, pad_id, data.y_train).items()}
+        if cfg.rdrop:  # R-Drop: every row twice in one pass, so each copy gets its own dropout masks
+            batch = {k: torch.cat([v, v]) for k, v in batch.items()}
         with _autocast(device, dtype):
-            loss = forward(**batch)["loss"]
+            out = forward(**batch)
+            loss = out["loss"] + cfg.rdrop * rdrop_kl(out["logits"]) if cfg.rdrop else out["loss"]
         scaler.scale(loss * scale).backward()
         return loss.detach()
 
@@ -293,7 +264,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     # micro-batches, so warmup and decay do not depend on how the batch was split to fit in memory
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, round(cfg.warmup_ratio * total_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, round(cfg.warmup_ratio * total_steps)))
 
     best: tuple[float, int, np.ndarray, dict, dict | None] | None = None
     history: list[dict] = []
@@ -352,11 +323,28 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
         log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f} "
             + " ".join(f"{k} {v:.2f}" for k, v in scores.items()) + f" ({epoch_seconds:.0f}s)")
-        if best is None or better(cfg.metric, scores[cfg.metric], best[0]):
+        if cfg.average_epochs:
+            if epoch >= cfg.epochs - cfg.average_epochs:
+                if epoch_average is None:
+                    epoch_average = weight_average(model)
+                epoch_average.update_parameters(model)
+        elif best is None or better(cfg.metric, scores[cfg.metric], best[0]):
             last = epoch == cfg.epochs - 1
             state = None if last else {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()}
             best = (scores[cfg.metric], epoch + 1, valid_logits, scores, state)
 
+    if epoch_average is not None:
+        eval_model = epoch_average.module
+        valid_logits = predict_views(eval_model, data.valid, data.valid_swapped, data.swap_perm, cfg.eval_batch_size,
+                                     device, pad_id, dtype)
+        if not np.isfinite(valid_logits).all():
+            raise TrainingError(f"{desc} fold {fold}: validation logits of the averaged weights are not finite")
+        scores = all_scores(data.y_valid, softmax(valid_logits), label_names, cfg.no_relation or None)
+        first = cfg.epochs - cfg.average_epochs + 1
+        history.append({"epoch": "average", "averaged_epochs": list(range(first, cfg.epochs + 1)), **scores})
+        log(f"{desc} fold {fold} weights averaged over epochs {first}-{cfg.epochs}: "
+            + " ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        best = (scores[cfg.metric], cfg.epochs, valid_logits, scores, None)
     assert best is not None
     _, best_epoch, valid_logits, best_scores, state = best
     if state is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kfold._metrics import all_scores, auprc_weighted, metric_fn, score
+from kfold._metrics import all_scores, metric_fn, score
 
 
 def onehot(pred, k):

@@ -12,7 +12,7 @@ from kfold._batching import collate
 from kfold._config import Config
 from kfold._encode import encode
 from kfold._errors import ConfigError
-from kfold._losses import RelationLoss, class_weight_vector
+from kfold._losses import RelationLoss, class_weight_vector, rdrop_kl
 from kfold._markers import marker_tokens
 from kfold._models import load_backbone, load_tokenizer
 from kfold._schema import Dataset, Example, Span
@@ -151,6 +151,16 @@ def test_focal_and_class_weighted_losses():
     w = class_weight_vector(np.array([0, 0, 0, 1]), 2, "balanced")
     assert torch.allclose(w, torch.tensor([4 / (2 * 3), 4 / (2 * 1)]))
     assert class_weight_vector(np.array([0, 1]), 2, "none") is None
+
+
+def test_rdrop_kl_is_the_symmetric_kl_between_the_two_halves():
+    a = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    p, q = torch.softmax(a, 1), torch.softmax(b, 1)
+    kl = lambda x, y: (x * (x / y).log()).sum(1)  # noqa: E731
+    manual = (0.5 * (kl(p, q) + kl(q, p))).mean()
+    torch.testing.assert_close(rdrop_kl(torch.cat([a, b])), manual)
+    assert float(rdrop_kl(torch.cat([a, a]))) == 0.0
 
 
 def test_registry_rejects_duplicates_and_lists_valid_names():

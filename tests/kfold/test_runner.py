@@ -211,11 +211,18 @@ def test_sigkill_mid_fold_then_rerun_equals_uninterrupted(tmp_path, demo_dir, ti
     assert np.array_equal(a.logits, b.logits) and np.array_equal(a.ids, b.ids)
 
 
-def test_saved_fold_models_predict_a_new_file_like_the_run_did(tmp_path, demo_dir, tiny_bert):
+@pytest.mark.parametrize("average", [0, 2])
+def test_saved_fold_models_predict_a_new_file_like_the_run_did(tmp_path, demo_dir, tiny_bert, average):
+    # with --average-epochs the saved model is the average, so a later prediction repeats the run's logits
     from kfold._predict import predict_run
 
-    cfg = _cfg(demo_dir, tiny_bert, folds=2, save_models=True)
-    out = run_kfold(cfg, tmp_path, **QUIET)
+    cfg = _cfg(demo_dir, tiny_bert, folds=2, save_models=True, epochs=max(1, average), average_epochs=average)
+    lines = []
+    out = run_kfold(cfg, tmp_path, log=lines.append)
+    if average:
+        assert sum("weights averaged over epochs 1-2," in line for line in lines) == 2
+        record = out.run.fold_record(0)
+        assert record["history"][-1]["averaged_epochs"] == [1, 2] and record["best_epoch"] == 2
     assert (out.run.fold_dir(0) / "model" / "model.pt").exists()
     path = predict_run(out.run.root, demo_dir / "test_gold.tsv", log=lambda m: None)
     new, old = load_predictions(path), load_predictions(out.run.test_path)

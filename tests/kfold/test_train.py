@@ -13,7 +13,7 @@ from kfold._errors import ConfigError, TrainingError
 from kfold._markers import marker_tokens
 from kfold._models import load_tokenizer
 from kfold._readers import read_dataset
-from kfold._train import FoldData, _param_groups, build_model, predict, train_fold, weight_average
+from kfold._train import FoldData, build_model, predict, train_fold
 
 
 @pytest.fixture(scope="module")
@@ -134,31 +134,6 @@ def test_length_grouped_batches_cover_every_example_once_and_are_reproducible():
     assert padding_share(feats, sorted_batches(lengths, 16)) <= padding_share(feats, a)  # a global sort pads least
 
 
-def test_no_weight_decay_on_bias_and_layernorm(tiny_bert):
-    model = build_model(Config(backbone=tiny_bert), 3, None)
-    groups = _param_groups(model, Config(backbone=tiny_bert, weight_decay=0.05, head_lr=1e-3))
-    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
-    for name, p in model.named_parameters():
-        is_norm_or_bias = name.endswith("bias") or "LayerNorm" in name
-        assert (id(p) in no_decay) == is_norm_or_bias, name
-    head = {id(p) for p in model.head_parameters()}
-    assert all(g["lr"] == 1e-3 for g in groups if id(g["params"][0]) in head)
-
-
-def test_weight_average_is_an_exponential_moving_average_of_parameters_only():
-    model = torch.nn.Linear(3, 2)
-    model.register_buffer("position_ids", torch.arange(7))
-    start = model.weight.detach().clone()
-    averaged = weight_average(model, 0.75)
-    averaged.update_parameters(model)  # first call copies
-    with torch.no_grad():
-        model.weight.add_(4.0)
-    averaged.update_parameters(model)
-    torch.testing.assert_close(averaged.module.weight, start + 1.0)  # 0.75 * w + 0.25 * (w + 4)
-    assert torch.equal(averaged.module.position_ids, torch.arange(7))
-    assert weight_average(model, 0.0) is None
-
-
 @pytest.mark.parametrize("epochs", [1, 3])
 def test_ema_evaluates_and_saves_the_averaged_weights_without_changing_training(fold_data, tiny_bert, epochs):
     names, tok, data = fold_data
@@ -184,6 +159,83 @@ def test_ema_evaluates_and_saves_the_averaged_weights_without_changing_training(
     np.testing.assert_allclose(predict(fresh, data.test, 64, torch.device("cpu"), tok.pad_token_id, None),
                                ema.test_logits, rtol=1e-5, atol=1e-6)
     assert ema.metrics["accuracy"] == ema.history[ema.best_epoch - 1]["accuracy"]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_average_epochs_uses_the_mean_of_the_last_epochs_weights(fold_data, tiny_bert, n):
+    # the raw weights at the end of each epoch are caught from the per-epoch log line (logged after the
+    # epoch's evaluation, before anything else happens to the model)
+    names, tok, data = fold_data
+    built, ends = [], []
+
+    def factory():
+        built.append(build_model(Config(backbone=tiny_bert), len(names), len(tok)))
+        return built[-1]
+
+    def log(message):
+        if " epoch " in message and built:
+            ends.append({k: v.detach().clone() for k, v in built[-1].state_dict().items()})
+
+    def run(average, logger=lambda m: None):
+        cfg = Config(backbone=tiny_bert, epochs=3, batch_size=8, lr=1e-3, average_epochs=average, save_models=True)
+        return train_fold(cfg, names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), log=logger,
+                          model_factory=factory)
+
+    plain, avg = run(0), run(n, log)
+    assert len(ends) == 3
+    # training itself is untouched: the same epoch losses as without averaging
+    assert [h["train_loss"] for h in plain.history] == [h["train_loss"] for h in avg.history[:3]]
+    for key, value in avg.state_dict.items():
+        expected = torch.stack([e[key].float() for e in ends[-n:]]).mean(0) if value.is_floating_point() else ends[-1][key]
+        torch.testing.assert_close(value, expected.to(value.dtype), rtol=1e-5, atol=1e-6, msg=key)
+    # the average is what is scored, reported as the last epoch, and predicts the test rows
+    assert avg.best_epoch == 3 and avg.history[-1]["averaged_epochs"] == list(range(4 - n, 4))
+    assert avg.metrics == {k: v for k, v in avg.history[-1].items() if k not in ("epoch", "averaged_epochs")}
+    fresh = build_model(Config(backbone=tiny_bert), len(names), len(tok))
+    fresh.load_state_dict(avg.state_dict)
+    cpu = torch.device("cpu")
+    np.testing.assert_allclose(predict(fresh, data.test, 64, cpu, tok.pad_token_id, None), avg.test_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(fresh, data.valid, 64, cpu, tok.pad_token_id, None), avg.valid_logits, rtol=1e-5, atol=1e-6)
+    if n == 2:
+        assert not np.allclose(avg.test_logits, plain.test_logits)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(epochs=3, average_epochs=4), r"average_epochs = 4: expected 0 \(off\) to epochs \(3\)"),
+    (dict(average_epochs=-1), r"average_epochs = -1"),
+    (dict(epochs=3, average_epochs=2, ema=0.99), "choose one weight average"),
+])
+def test_average_epochs_out_of_range_or_with_ema_is_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**settings)
+
+
+def test_rdrop_without_dropout_trains_like_plain_and_with_dropout_adds_a_consistency_term(fold_data, tiny_dir):
+    from tests.tiny import tiny_backbone
+
+    from kfold._losses import rdrop_kl
+
+    names, tok, data = fold_data
+    # no dropout anywhere: both copies of a row give the same logits, the KL term is 0 and the mean loss over
+    # the doubled batch equals the plain batch's, so training follows the same path
+    still = tiny_backbone("bert", tiny_dir, dropout=0.0)
+    plain = _train(fold_data, backbone=still, epochs=2)
+    twice = _train(fold_data, backbone=still, epochs=2, rdrop=1.0)
+    np.testing.assert_allclose(twice.valid_logits, plain.valid_logits, rtol=1e-4, atol=1e-5)
+    # with dropout the two passes differ, so the term is positive in training mode and 0 in evaluation
+    noisy = tiny_backbone("bert", tiny_dir)  # dropout 0.1 in the encoder
+    model = build_model(Config(backbone=noisy, dropout=0.3), len(names), len(tok))
+    from kfold._batching import collate
+
+    batch = {k: torch.cat([v, v]) for k, v in collate(data.train, np.arange(8), tok.pad_token_id).items()}
+    torch.manual_seed(0)
+    assert rdrop_kl(model.train()(**batch)["logits"]).item() > 1e-4
+    with torch.no_grad():
+        assert float(rdrop_kl(model.eval()(**batch)["logits"])) < 1e-10
+    mixed = _train(fold_data, backbone=noisy, dropout=0.3, epochs=2, rdrop=1.0)
+    assert np.isfinite(mixed.valid_logits).all()
+    with pytest.raises(ConfigError, match="rdrop = -1.0"):
+        Config(rdrop=-1.0)
 
 
 def test_ema_must_be_a_decay_below_one():
