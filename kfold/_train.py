@@ -242,6 +242,13 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         scaler.scale(loss * scale).backward()
         return loss.detach()
 
+    def evaluate(m: torch.nn.Module, what: str) -> tuple[np.ndarray, dict]:
+        """Logits and scores of this fold's validation rows (model selection sees nothing else)."""
+        logits = predict_views(m, data.valid, data.valid_swapped, data.swap_perm, cfg.eval_batch_size, device, pad_id, dtype)
+        if not np.isfinite(logits).all():
+            raise TrainingError(f"{desc} fold {fold} {what}: validation logits are not finite")
+        return logits, all_scores(data.y_valid, softmax(logits), label_names, cfg.no_relation or None)
+
     micro = math.ceil(cfg.batch_size / cfg.grad_accum)
     if cfg.auto_micro_batch:
         longest = np.argsort(-data.train.lengths, kind="stable")[: cfg.batch_size]
@@ -315,11 +322,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         train_rows += len(data.train)
 
         # model selection on this fold's validation part only; the test set is never scored here
-        valid_logits = predict_views(eval_model, data.valid, data.valid_swapped, data.swap_perm, cfg.eval_batch_size,
-                                     device, pad_id, dtype)
-        if not np.isfinite(valid_logits).all():
-            raise TrainingError(f"{desc} fold {fold} epoch {epoch + 1}: validation logits are not finite")
-        scores = all_scores(data.y_valid, softmax(valid_logits), label_names, cfg.no_relation or None)
+        valid_logits, scores = evaluate(eval_model, f"epoch {epoch + 1}")
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
         log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f} "
             + " ".join(f"{k} {v:.2f}" for k, v in scores.items()) + f" ({epoch_seconds:.0f}s)")
@@ -335,12 +338,8 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
 
     if epoch_average is not None:
         eval_model = epoch_average.module
-        valid_logits = predict_views(eval_model, data.valid, data.valid_swapped, data.swap_perm, cfg.eval_batch_size,
-                                     device, pad_id, dtype)
-        if not np.isfinite(valid_logits).all():
-            raise TrainingError(f"{desc} fold {fold}: validation logits of the averaged weights are not finite")
-        scores = all_scores(data.y_valid, softmax(valid_logits), label_names, cfg.no_relation or None)
         first = cfg.epochs - cfg.average_epochs + 1
+        valid_logits, scores = evaluate(eval_model, f"weights averaged over epochs {first}-{cfg.epochs}")
         history.append({"epoch": "average", "averaged_epochs": list(range(first, cfg.epochs + 1)), **scores})
         log(f"{desc} fold {fold} weights averaged over epochs {first}-{cfg.epochs}: "
             + " ".join(f"{k} {v:.2f}" for k, v in scores.items()))
