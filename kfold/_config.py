@@ -135,6 +135,10 @@ class Config:
         if self.lr <= 0 or self.head_lr < 0:
             raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
 
+    def averaged_epochs(self) -> range:
+        """The 1-based epochs whose end-of-epoch weights ``average_epochs`` averages (empty when off)."""
+        return range(self.epochs - self.average_epochs + 1, self.epochs + 1) if self.average_epochs else range(0)
+
     def replace(self, **changes: Any) -> "Config":
         """A copy with ``changes`` (type-checked like a config file)."""
         return dataclasses.replace(self, **{k: _coerce(k, v, "override") for k, v in changes.items()})

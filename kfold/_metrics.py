@@ -206,3 +206,8 @@ def all_scores(y: np.ndarray, probs: np.ndarray, label_names: Sequence[str], no_
     """Every metric of METRICS (semeval only when the labels carry (e1,e2) directions)."""
     return {m: score(m, y, probs, label_names, no_relation) for m in METRICS
             if m != "semeval" or has_directions(label_names)}
+
+
+def format_scores(scores: dict[str, float]) -> str:
+    """``accuracy 81.33 micro_f1 86.72 ...``: the one-line form of a score dict in logs."""
+    return " ".join(f"{k} {v:.2f}" for k, v in scores.items())

@@ -221,8 +221,8 @@ def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, train
     }
     run.write_fold(fold, valid, test, record)
     metric = res.metrics.get(cfg.metric, float("nan"))
-    chosen = (f"weights averaged over epochs {cfg.epochs - cfg.average_epochs + 1}-{cfg.epochs}" if cfg.average_epochs
-              else f"at epoch {res.best_epoch}/{cfg.epochs}")
+    span = cfg.averaged_epochs()
+    chosen = f"weights averaged over epochs {span[0]}-{span[-1]}" if span else f"at epoch {res.best_epoch}/{cfg.epochs}"
     log(f"{run.name} fold {fold}: {cfg.metric} {metric:.2f} {chosen}, "
         f"{len(tr)} train / {len(va)} valid, {wall:.0f}s ({res.train_examples_per_s:.1f} train ex/s, "
         f"{res.padding_share * 100:.1f}% padding)")

@@ -21,7 +21,7 @@ from ._config import Config
 from ._encode import Features
 from ._errors import ConfigError, TrainingError
 from ._losses import RelationLoss, class_weight_vector, rdrop_kl
-from ._metrics import all_scores, better, softmax
+from ._metrics import all_scores, better, format_scores, softmax
 from ._models import RelationModel, enable_checkpointing, load_backbone
 from ._optim import linear_schedule, param_groups, weight_average
 from ._swap import unswap_logits
@@ -231,6 +231,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     # --average-epochs N: the mean of the weights at the ends of the last N epochs replaces epoch selection
     # (made at the first of those epochs, so the copy costs no memory before)
     epoch_average: torch.optim.swa_utils.AveragedModel | None = None
+    averaged_epochs = cfg.averaged_epochs()
 
     def run_micro(idx: np.ndarray, scale: float) -> torch.Tensor:
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(data.train, idx, pad_id, data.y_train).items()}
@@ -324,10 +325,9 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         # model selection on this fold's validation part only; the test set is never scored here
         valid_logits, scores = evaluate(eval_model, f"epoch {epoch + 1}")
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
-        log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f} "
-            + " ".join(f"{k} {v:.2f}" for k, v in scores.items()) + f" ({epoch_seconds:.0f}s)")
+        log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f} {format_scores(scores)} ({epoch_seconds:.0f}s)")
         if cfg.average_epochs:
-            if epoch >= cfg.epochs - cfg.average_epochs:
+            if epoch + 1 in averaged_epochs:
                 if epoch_average is None:
                     epoch_average = weight_average(model)
                 epoch_average.update_parameters(model)
@@ -338,11 +338,10 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
 
     if epoch_average is not None:
         eval_model = epoch_average.module
-        first = cfg.epochs - cfg.average_epochs + 1
-        valid_logits, scores = evaluate(eval_model, f"weights averaged over epochs {first}-{cfg.epochs}")
-        history.append({"epoch": "average", "averaged_epochs": list(range(first, cfg.epochs + 1)), **scores})
-        log(f"{desc} fold {fold} weights averaged over epochs {first}-{cfg.epochs}: "
-            + " ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        what = f"weights averaged over epochs {averaged_epochs[0]}-{averaged_epochs[-1]}"
+        valid_logits, scores = evaluate(eval_model, what)
+        history.append({"epoch": "average", "averaged_epochs": list(averaged_epochs), **scores})
+        log(f"{desc} fold {fold} {what}: {format_scores(scores)}")
         best = (scores[cfg.metric], cfg.epochs, valid_logits, scores, None)
     assert best is not None
     _, best_epoch, valid_logits, best_scores, state = best

@@ -91,11 +91,12 @@ def _cmd_run(args) -> int:
                 cfg = base.replace(variant=variant, backbone=backbone, seed=seed)
                 outcome = run_kfold(cfg, args.workdir, folds=folds, tag=args.tag, log=_log)
                 results.append((cfg, outcome))
+    from ._metrics import format_scores
+
     _log("")
     for cfg, out in results:
         if out.complete:
-            scores = " ".join(f"{k} {v:.2f}" for k, v in out.oof_scores.items())
-            _log(f"{out.run.name}: OOF {scores}  ->  {out.run.root}")
+            _log(f"{out.run.name}: OOF {format_scores(out.oof_scores)}  ->  {out.run.root}")
         else:
             missing = sorted(set(range(cfg.folds)) - set(out.trained) - set(out.skipped))
             _log(f"{out.run.name}: folds {missing} not complete yet (another process, or not in --fold); "
