@@ -34,15 +34,19 @@ def summary_lines(study) -> list[str]:
         folds = f"{r['folds_done']}/{k} folds" if r["folds_done"] is not None else ""
         secs = f"{r['seconds']:.0f}s" if r["seconds"] is not None else ""
         lines.append(f"  {r['number']:>3} {r['state']:<8} {value:>8}  {folds:<10} {secs:>6}  {params}{extra}")
-    complete = [r for r in rows if r["state"] == "COMPLETE" and r["seconds"] and r["folds_done"]]
+    complete = [r for r in rows if r["state"] == "COMPLETE" and r["folds_done"]]
     pruned = [r for r in rows if r["state"] == "PRUNED"]
     if complete and k:
-        per_fold = sum(r["seconds"] / r["folds_done"] for r in complete) / len(complete)
         skipped = sum(k - (r["folds_done"] or 0) for r in pruned)
-        spent = sum(r["seconds"] or 0 for r in rows)
-        lines.append(f"pruned {len(pruned)} of {len(rows)} trials: {skipped} fold trainings skipped, about "
-                     f"{skipped * per_fold / 60:.1f} min saved ({skipped * per_fold / max(spent + skipped * per_fold, 1e-9) * 100:.0f}% "
+        line = f"pruned {len(pruned)} of {len(rows)} trials: {skipped} fold trainings skipped"
+        # the time saved needs a measured time per fold (trials recorded as 0.0 s give none)
+        timed = [r for r in complete if r["seconds"]]
+        if timed:
+            per_fold = sum(r["seconds"] / r["folds_done"] for r in timed) / len(timed)
+            spent = sum(r["seconds"] or 0 for r in rows)
+            line += (f", about {skipped * per_fold / 60:.1f} min saved ({skipped * per_fold / max(spent + skipped * per_fold, 1e-9) * 100:.0f}% "
                      f"of the time the study would have taken without pruning)")
+        lines.append(line)
     return lines
 
 

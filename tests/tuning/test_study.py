@@ -72,6 +72,28 @@ def test_bad_trials_are_pruned_after_a_fold(tmp_path):
     assert f"pruned {len(pruned)} of 12 trials" in lines and "fold trainings skipped" in lines
 
 
+def test_pruning_summary_does_not_depend_on_measured_seconds():
+    # trials recorded as 0.0 s (they ran in under 0.05 s) still count as pruned / skipped folds;
+    # only the time saved needs a measured time per fold
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    def study_with(seconds):
+        study = optuna.create_study(study_name="s", direction="maximize")
+        study.set_user_attr("base_config", {"folds": 5})
+        dist = {"lr": FloatDistribution(1e-6, 1e-3)}
+        for state, folds_done in (("COMPLETE", 5), ("PRUNED", 1), ("PRUNED", 2)):
+            study.add_trial(optuna.trial.create_trial(
+                state=getattr(optuna.trial.TrialState, state), value=50.0 if state == "COMPLETE" else 10.0,
+                params={"lr": 1e-4}, distributions=dist,
+                user_attrs={"folds_done": folds_done, "seconds": seconds * folds_done}))
+        return summary_lines(study)[-1]
+
+    assert study_with(0.0) == "pruned 2 of 3 trials: 7 fold trainings skipped"
+    timed = study_with(60.0)  # 60 s per fold: 7 skipped folds = 7.0 min, of 8 min spent + 7 skipped
+    assert timed.startswith("pruned 2 of 3 trials: 7 fold trainings skipped, about 7.0 min saved (47% ")
+
+
 def test_failed_trials_are_recorded_with_reason_and_study_goes_on(tmp_path):
     base = Config(folds=2)
     settings = _settings(tmp_path)
