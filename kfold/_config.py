@@ -32,6 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cls_vector": ("auto", "first", "mean"),
     "tta": ("none", "swap"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "attn_implementation": ("auto", "eager", "sdpa"),
     "metric": METRICS,
     "device": ("auto", "cpu", "cuda", "mps"),
 }
@@ -64,6 +65,10 @@ class Config:
     # token's hidden state; "first" = always the first token; "mean" = mean of all tokens (sentence-transformers)
     cls_vector: str = "auto"
     dropout: float = 0.1
+    # the encoder's own dropout, overriding its checkpoint's config (-1 = keep the checkpoint's value): on hidden
+    # states (hidden_dropout_prob) and on attention probabilities (attention_probs_dropout_prob)
+    backbone_dropout: float = -1.0
+    attention_dropout: float = -1.0
     # optimisation
     epochs: int = 3
     batch_size: int = 16
@@ -95,6 +100,9 @@ class Config:
     precision: str = "auto"
     grad_checkpointing: bool = False
     compile: bool = False
+    # the attention kernel: "auto" = transformers' default (fused SDPA) except bf16 training on the CPU, where
+    # the plain ("eager") attention is faster (benchmarks/attention_cpu.py); the same computation either way
+    attn_implementation: str = "auto"
     length_grouping: bool = True
     eval_batch_size: int = 64
     device: str = "auto"
@@ -120,6 +128,9 @@ class Config:
             raise ConfigError(f"label_smoothing = {self.label_smoothing}: expected 0 <= x < 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout = {self.dropout}: expected 0 <= x < 1")
+        for name in ("backbone_dropout", "attention_dropout"):
+            if getattr(self, name) != -1.0 and not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} = {getattr(self, name)}: expected -1 (the checkpoint's value) or 0 <= x < 1")
         if not 0.0 <= self.warmup_ratio <= 1.0:
             raise ConfigError(f"warmup_ratio = {self.warmup_ratio}: expected 0 <= x <= 1")
         if not 0.0 <= self.ema < 1.0:

@@ -84,12 +84,29 @@ def _drop_unused_weights_report(record: logging.LogRecord) -> bool:
                 and not any(word in text for word in ("MISSING", "MISMATCH", "CONVERSION")))
 
 
-def load_backbone(backbone: str, want_pooler: bool, vocab_size: int | None = None):
+#: config attributes that hold an encoder's dropout, first match wins (BERT family; DistilBERT-style)
+DROPOUT_KEYS = {"backbone_dropout": ("hidden_dropout_prob", "dropout"),
+                "attention_dropout": ("attention_probs_dropout_prob", "attention_dropout")}
+
+
+def _set_dropout(config, backbone: str, setting: str, p: float) -> None:
+    """Write dropout ``p`` into the config attribute that ``setting`` names for this architecture."""
+    key = next((k for k in DROPOUT_KEYS[setting] if type(getattr(config, k, None)) in (float, int)), None)
+    if key is None:
+        raise ConfigError(f"backbone '{backbone}': its config ({type(config).__name__}) has none of "
+                          f"{', '.join(DROPOUT_KEYS[setting])}, so {setting} cannot be set; leave it at -1")
+    setattr(config, key, p)
+
+
+def load_backbone(backbone: str, want_pooler: bool, vocab_size: int | None = None, *, backbone_dropout: float = -1.0,
+                  attention_dropout: float = -1.0, attn_implementation: str | None = None):
     """Load an encoder; returns (model, has_pooler).
 
     The pooler is built only when the variant wants it and the checkpoint has trained pooler weights
     (BERT does; RoBERTa, XLM-R and ELECTRA checkpoints do not), so loading never initialises backbone
-    weights at random: a missing weight is an error, not a warning.
+    weights at random: a missing weight is an error, not a warning. ``backbone_dropout`` /
+    ``attention_dropout`` >= 0 replace the checkpoint config's dropout on hidden states / attention
+    probabilities; ``attn_implementation`` ("eager", "sdpa", None = transformers' default) picks the kernel.
     """
     from transformers import AutoConfig, AutoModel
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
@@ -99,9 +116,12 @@ def load_backbone(backbone: str, want_pooler: bool, vocab_size: int | None = Non
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"backbone '{backbone}': cannot load its config ({str(exc).splitlines()[0]})") from None
+    for setting, p in (("backbone_dropout", backbone_dropout), ("attention_dropout", attention_dropout)):
+        if p >= 0:
+            _set_dropout(config, backbone, setting, p)
     keys = _checkpoint_keys(Path(path)) if os.path.isdir(path) else None
     has_pooler_weights = keys is None or any(".pooler." in f".{k}" or k.startswith("pooler.") for k in keys)
-    kwargs = {}
+    kwargs = {"config": config, "attn_implementation": attn_implementation}
     model_cls = MODEL_MAPPING.get(type(config), None)
     accepts_flag = model_cls is not None and "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters
     use_pooler = bool(want_pooler and has_pooler_weights and accepts_flag)

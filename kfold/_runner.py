@@ -25,13 +25,14 @@ from ._textio import write_json_atomic
 from ._train import FoldData, train_fold
 
 #: Settings that do not change a run's numbers; they may differ between invocations of one run.
-RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch")
+RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch",
+                "attn_implementation")
 #: Settings that name the run themselves, or belong to the data and fold map.
 NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "repair_offsets", "folds", "fold_seed", "group",
                "no_relation")
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
           "warmup_ratio": "wu", "weight_decay": "wd", "activation": "act", "class_weights": "cw",
-          "average_epochs": "avg", "layer_lr_decay": "lld"}
+          "average_epochs": "avg", "layer_lr_decay": "lld", "backbone_dropout": "bdrop", "attention_dropout": "adrop"}
 
 
 def run_name(cfg: Config, tag: str = "") -> str:

@@ -41,6 +41,9 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
     ({"folds": 1}, "folds = 1: expected at least 2"),
     ({"label_smoothing": 1.5}, "label_smoothing = 1.5"),
     ({"metric": "f1"}, "unknown metric 'f1'"),
+    ({"backbone_dropout": 1.0}, "backbone_dropout = 1.0: expected -1 \\(the checkpoint's value\\) or 0 <= x < 1"),
+    ({"attention_dropout": -0.5}, "attention_dropout = -0.5: expected -1"),
+    ({"attn_implementation": "flash"}, "unknown attn-implementation 'flash'"),
 ])
 def test_invalid_values(values, pattern):
     with pytest.raises(ConfigError, match=pattern):

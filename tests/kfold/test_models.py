@@ -14,9 +14,9 @@ from kfold._encode import encode
 from kfold._errors import ConfigError
 from kfold._losses import RelationLoss, class_weight_vector, rdrop_kl
 from kfold._markers import marker_tokens
-from kfold._models import load_backbone, load_tokenizer
+from kfold._models import _set_dropout, load_backbone, load_tokenizer
 from kfold._schema import Dataset, Example, Span
-from kfold._train import build_model
+from kfold._train import build_model, pick_attention
 from kfold._variants import Variant, get_variant, list_variants, parse_variants, register
 from tests.tiny import KINDS, tiny_backbone
 
@@ -129,6 +129,55 @@ def test_cls_vector_setting_picks_pooler_first_token_or_token_mean(backbones, ki
         torch.testing.assert_close(got, model.classifier(out.pooler_output))
     else:
         torch.testing.assert_close(got, model.classifier(out.last_hidden_state[:, 0]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encoder_dropout_settings_reach_every_dropout_of_the_encoder(backbones, kind):
+    def encoder_dropouts(**settings):
+        model = build_model(Config(variant="split", backbone=backbones[kind], **settings), 4, None)
+        found = {"attention": set(), "hidden": set()}
+        for name, module in model.backbone.named_modules():
+            if isinstance(module, torch.nn.Dropout):
+                found["attention" if name.endswith("attention.self.dropout") else "hidden"].add(module.p)
+        return model, found
+
+    _, found = encoder_dropouts()  # -1: the checkpoint's own 0.1
+    assert found == {"attention": {0.1}, "hidden": {0.1}}
+    model, found = encoder_dropouts(backbone_dropout=0.3, attention_dropout=0.0)
+    assert found == {"attention": {0.0}, "hidden": {0.3}}
+    assert model.backbone.config.hidden_dropout_prob == 0.3 and model.backbone.config.attention_probs_dropout_prob == 0.0
+    # with every dropout off, training mode is deterministic; with the checkpoint's dropout it is not
+    tok, batch = _batch(backbones[kind])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    for settings, same in (({"backbone_dropout": 0.0, "attention_dropout": 0.0}, True), ({}, False)):
+        torch.manual_seed(0)
+        model = build_model(Config(variant="split", backbone=backbones[kind], dropout=0.0, **settings), 4, len(tok)).train()
+        assert torch.equal(model(**inputs)["logits"], model(**inputs)["logits"]) is same, settings
+
+
+def test_dropout_setting_on_a_config_without_it_names_the_backbone_and_the_keys():
+    from transformers import PretrainedConfig
+
+    config = PretrainedConfig()  # the base class: no dropout attributes (named PreTrainedConfig in transformers 5)
+    with pytest.raises(ConfigError, match=f"backbone 'x/y': its config \\({type(config).__name__}\\) has none of "
+                                          "attention_probs_dropout_prob, attention_dropout, so attention_dropout cannot be set"):
+        _set_dropout(config, "x/y", "attention_dropout", 0.0)
+
+
+def test_attention_kernels_compute_the_same_logits_and_auto_picks_eager_for_cpu_bf16(backbones):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_attention("auto", cpu, torch.bfloat16) == "eager"
+    assert pick_attention("auto", cpu, None) is None and pick_attention("auto", cuda, torch.bfloat16) is None
+    assert pick_attention("sdpa", cpu, torch.bfloat16) == "sdpa" and pick_attention("eager", cuda, None) == "eager"
+    tok, batch = _batch(backbones["bert"])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = {}
+    for kernel in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = build_model(Config(variant="split", backbone=backbones["bert"], attn_implementation=kernel), 4, len(tok))
+        assert model.backbone.config._attn_implementation == kernel
+        logits[kernel] = model.eval()(**inputs)["logits"]
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], atol=1e-5, rtol=1e-5)
 
 
 def test_marker_tokens_resize_embeddings(backbones):

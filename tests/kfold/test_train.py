@@ -269,6 +269,24 @@ def test_cpu_bf16_computes_in_bf16_learns_like_fp32_and_keeps_float32_logits(fol
     assert not np.array_equal(losses["bf16"], losses["fp32"])
 
 
+@pytest.mark.parametrize("precision,kernel", [("bf16", "eager"), ("fp32", "sdpa")])
+def test_train_fold_builds_the_attention_kernel_auto_picks(fold_data, tiny_bert, monkeypatch, precision, kernel):
+    import kfold._train as train_module
+
+    names, tok, data = fold_data
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(train_module.build_model.__wrapped__(*args, **kwargs))
+        return built[-1]
+
+    spy.__wrapped__ = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", spy)
+    cfg = Config(backbone=tiny_bert, epochs=1, batch_size=8, precision=precision, device="cpu")
+    train_fold(cfg, names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), log=lambda m: None)
+    assert [m.backbone.config._attn_implementation for m in built] == [kernel]
+
+
 def test_precision_note_names_the_faster_or_slower_choice(monkeypatch):
     import kfold._train as train
 
