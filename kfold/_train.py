@@ -133,7 +133,8 @@ def pick_attention(name: str, device: torch.device, dtype: torch.dtype | None) -
     return "eager" if device.type == "cpu" and dtype == torch.bfloat16 else None
 
 
-def build_model(cfg: Config, num_labels: int, vocab_size: int | None, attn_implementation: str | None = None) -> RelationModel:
+def build_model(cfg: Config, num_labels: int, vocab_size: int | None,
+                attn_implementation: str | None = None) -> RelationModel:
     """Backbone (Auto classes) + the variant's head, with the config's activation/pool/dropout overrides.
     ``attn_implementation``: the kernel (see ``pick_attention``); None = ``cfg.attn_implementation`` unless auto."""
     variant = get_variant(cfg.variant).with_overrides(cfg.activation, cfg.pool)
