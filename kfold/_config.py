@@ -100,8 +100,8 @@ class Config:
     precision: str = "auto"
     grad_checkpointing: bool = False
     compile: bool = False
-    # the attention kernel: "auto" = transformers' default (fused SDPA) except bf16 training on the CPU, where
-    # the plain ("eager") attention is faster (benchmarks/attention_cpu.py); the same computation either way
+    # the attention kernel: "auto" = transformers' default (fused SDPA) except bf16 on the CPU, where the plain
+    # ("eager") attention trains faster (benchmarks/attention_cpu.py); the same computation either way
     attn_implementation: str = "auto"
     length_grouping: bool = True
     eval_batch_size: int = 64

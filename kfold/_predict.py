@@ -60,7 +60,7 @@ def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | No
     dtype = pick_precision(cfg.precision, device)
     per_fold = []
     for fold, folder in enumerate(folders):
-        model = build_model(cfg, len(names), len(tok))
+        model = build_model(cfg, len(names), len(tok), device, dtype)
         model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
         model.to(device)
         per_fold.append(predict_views(model, feats, swapped, perm, cfg.eval_batch_size, device, tok.pad_token_id, dtype))

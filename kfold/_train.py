@@ -133,12 +133,13 @@ def pick_attention(name: str, device: torch.device, dtype: torch.dtype | None) -
     return "eager" if device.type == "cpu" and dtype == torch.bfloat16 else None
 
 
-def build_model(cfg: Config, num_labels: int, vocab_size: int | None,
-                attn_implementation: str | None = None) -> RelationModel:
+def build_model(cfg: Config, num_labels: int, vocab_size: int | None, device: torch.device | None = None,
+                dtype: torch.dtype | None = None) -> RelationModel:
     """Backbone (Auto classes) + the variant's head, with the config's activation/pool/dropout overrides.
-    ``attn_implementation``: the kernel (see ``pick_attention``); None = ``cfg.attn_implementation`` unless auto."""
+    ``device`` / ``dtype``: where and in which autocast dtype the model will run (default: CPU, fp32), for
+    ``cfg.attn_implementation`` = auto (see ``pick_attention``)."""
     variant = get_variant(cfg.variant).with_overrides(cfg.activation, cfg.pool)
-    attention = attn_implementation or (None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
+    attention = pick_attention(cfg.attn_implementation, device or torch.device("cpu"), dtype)
     backbone, has_pooler = load_backbone(cfg.backbone, variant.use_pooler and cfg.cls_vector == "auto", vocab_size,
                                          backbone_dropout=cfg.backbone_dropout, attention_dropout=cfg.attention_dropout,
                                          attn_implementation=attention)
@@ -229,8 +230,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     seed = fold_seed(cfg.seed, fold)
     seed_everything(seed)
     num_labels = len(label_names)
-    model = model_factory() if model_factory else build_model(cfg, num_labels, vocab_size,
-                                                              pick_attention(cfg.attn_implementation, device, dtype))
+    model = model_factory() if model_factory else build_model(cfg, num_labels, vocab_size, device, dtype)
     model.loss_fn = RelationLoss(cfg.loss, cfg.label_smoothing, cfg.focal_gamma,
                                  class_weight_vector(data.y_train, num_labels, cfg.class_weights))
     if cfg.grad_checkpointing:
