@@ -22,6 +22,8 @@ from ._variants import ACTIVATIONS, POOLS, get_variant
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "format": ("auto", "competition", "klue", "semeval", "generic"),
+    "offsets": ("repair", "strict"),
+    "too_far": ("two-windows", "error"),
     "group": ("none", "duplicates"),
     "marker": MARKERS,
     "activation": ("",) + ACTIVATIONS,
@@ -48,8 +50,12 @@ class Config:
     labels: str = ""
     format: str = "auto"
     columns: str = ""
-    repair_offsets: bool = False
+    # entity offsets that do not match their text: moved to the nearest occurrence ("repair") or refused
+    offsets: str = "repair"
+    repair_window: int = 5
     no_relation: str = ""
+    # entities further apart than max_len: two windows joined by the separator, or an error
+    too_far: str = "two-windows"
     # folds: which rows go to which fold (separate from the training seed)
     folds: int = 5
     fold_seed: int = 42
@@ -118,6 +124,8 @@ class Config:
             if f.name in CHOICES and value not in CHOICES[f.name]:
                 raise unknown_name(f.name.replace("_", "-"), value, [c for c in CHOICES[f.name] if c])
         get_variant(self.variant)
+        if self.repair_window < 0:
+            raise ConfigError(f"repair_window = {self.repair_window}: expected 0 or more characters")
         positive = ("folds", "max_len", "epochs", "batch_size", "grad_accum", "eval_batch_size")
         for name in positive:
             if getattr(self, name) < 1:
@@ -159,10 +167,14 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
+#: Keys of earlier versions: what replaced them. A run's own config.json may still hold them (ignored there).
+RETIRED = {"repair_offsets": "offsets = \"repair\" (the default) or \"strict\""}
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Type-check one value against the Config field (ints are accepted for floats, nothing else is)."""
+    if key in RETIRED:
+        raise ConfigError(f"{source}: key '{key}': retired, use {RETIRED[key]}")
     if key not in _FIELDS:
         raise unknown_name(f"config key (in {source})", key, _FIELDS)
     kind = type(Config.__dataclass_fields__[key].default)
@@ -190,9 +202,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: found a {type(raw).__name__}, expected a table of key = value")
-    if "config" in raw and isinstance(raw["config"], dict):
-        raw = raw["config"]
+    if "config" in raw and isinstance(raw["config"], dict):  # a run's config.json: settings of its version
+        raw = {k: v for k, v in raw["config"].items() if k not in RETIRED}
     return {key: _coerce(key, value, str(path)) for key, value in raw.items()}
+
+
+def config_from_run(raw: Mapping[str, Any]) -> Config:
+    """The Config recorded in a run's config.json (keys retired since it was written are left out)."""
+    return Config(**{k: v for k, v in raw["config"].items() if k not in RETIRED})
 
 
 def make_config(file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -206,20 +223,29 @@ def make_config(file: str | Path | None = None, overrides: Mapping[str, Any] | N
     return Config(**values)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per Config field (default None, so the config file's value stays unless given)."""
-    group = parser.add_argument_group("run settings (also config-file keys)")
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
+    """Add one ``--flag`` per Config field (default None, so the config file's value stays unless given),
+    with its one-line help, in the groups of ``kfold._help.GROUPS``; ``only``: just these fields."""
+    from ._help import GROUPS, HELP
+
+    groups = {name: parser.add_argument_group(f"{name} settings (also config-file keys)") for name in GROUPS}
     for f in fields(Config):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
+        name, text = HELP[f.name]
+        group = groups[name]
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
+        shown = f"{text} (default: {f.default!r})"
         if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=shown)
         else:
             choices = [c for c in CHOICES.get(f.name, ()) if c] or None
             group.add_argument(flag, dest=f.name, type=kind, choices=choices, default=None,
-                               metavar=None if choices else kind.__name__.upper(), help=f"default: {f.default!r}")
+                               metavar=None if choices else kind.__name__.upper(), help=shown)
+        if f.name == "offsets":  # the flag of earlier versions, kept working
+            group.add_argument("--repair-offsets", dest="offsets", action="store_const", const="repair",
+                               help="old name of --offsets repair (now the default)")
 
 
 def overrides_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -7,7 +7,9 @@ expected, so the command-line tools can print it as one line and exit with statu
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
 
 class ToolkitError(Exception):
@@ -45,12 +47,83 @@ def where(path: Any = None, row: int | None = None, field: str | None = None) ->
     return ": ".join(parts)
 
 
-def data_error(path: Any, row: int | None, field: str | None, found: Any, expected: str) -> DataError:
-    """Build a DataError whose message reads ``file: row 3, field 'e1_end': found 12, expected ...``."""
+def _problem_text(path: Any, row: int | None, field: str | None, found: Any, expected: str) -> str:
+    """``file: row 3, field 'e1_end': found 12, expected ...`` (long values shortened)."""
     shown = found if isinstance(found, str) and found.startswith("<") else repr(found)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    return DataError(f"{where(path, row, field)}: found {shown}, expected {expected}")
+    return f"{where(path, row, field)}: found {shown}, expected {expected}"
+
+
+def data_error(path: Any, row: int | None, field: str | None, found: Any, expected: str) -> DataError:
+    """Build a DataError whose message reads ``file: row 3, field 'e1_end': found 12, expected ...``."""
+    return DataError(_problem_text(path, row, field, found, expected))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a data file: where, what kind (for the summary's counts) and the full message."""
+
+    path: str
+    row: int | None
+    kind: str
+    text: str
+
+
+class DataProblems(DataError):
+    """Every problem found in one or more data files (readers list them all instead of stopping at the first).
+
+    ``str()`` is the summary line (or the one problem's line); :meth:`lines` gives the summary and one line per
+    problem, which the command-line tools print.
+    """
+
+    def __init__(self, problems: Sequence[Problem]):
+        # in file order: files as first met, rows ascending (a reader finds some before validation finds others)
+        files = {p.path: n for n, p in reversed(list(enumerate(problems)))}
+        self.problems = sorted(problems, key=lambda p: (files[p.path], p.row if p.row is not None else -1))
+        super().__init__(self.problems[0].text if len(self.problems) == 1 else self.summary())
+
+    def summary(self) -> str:
+        """``3 problems in 2 rows of train.tsv: 2 offsets, 1 unknown label``."""
+        rows = {(p.path, p.row) for p in self.problems}
+        files = sorted({p.path for p in self.problems})
+        kinds = Counter(p.kind for p in self.problems)
+        where_ = files[0] if len(files) == 1 else f"{len(files)} files"
+        n = len(self.problems)
+        return (f"{n} problem{'s' if n != 1 else ''} in {len(rows)} row{'s' if len(rows) != 1 else ''} of {where_}: "
+                + ", ".join(f"{c} {k}" for k, c in kinds.most_common()))
+
+    def lines(self, limit: int | None = 50, hint: str = "") -> list[str]:
+        """The summary, then one line per problem (at most ``limit``, then 'and N more' with ``hint``)."""
+        if len(self.problems) == 1:
+            return [self.problems[0].text]
+        shown = self.problems if limit is None else self.problems[:limit]
+        out = [self.summary()] + [f"  {p.text}" for p in shown]
+        if len(shown) < len(self.problems):
+            out.append(f"  and {len(self.problems) - len(shown)} more" + (f" ({hint})" if hint else ""))
+        return out
+
+
+class ProblemList:
+    """Collects the problems of one file while a reader goes on with the next row."""
+
+    def __init__(self, path: Any):
+        self.path = str(path)
+        self.problems: list[Problem] = []
+
+    def add(self, row: int | None, field: str | None, found: Any, expected: str, kind: str) -> None:
+        self.problems.append(Problem(self.path, row, kind, _problem_text(self.path, row, field, found, expected)))
+
+    def add_error(self, exc: DataError, row: int | None, kind: str) -> None:
+        """Record a DataError raised by a helper (its message already names file, row and field)."""
+        self.problems.extend(exc.problems if isinstance(exc, DataProblems) else [Problem(self.path, row, kind, str(exc))])
+
+    def __bool__(self) -> bool:
+        return bool(self.problems)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise DataProblems(self.problems)
 
 
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> ConfigError:
@@ -67,6 +140,12 @@ def run_command(prog: str, command, args, interrupted: str) -> int:
 
     try:
         return command(args)
+    except DataProblems as exc:
+        # a command with --all (check-data) shows every problem on request; the others point to it
+        lines = exc.lines(None if getattr(args, "all", False) else 50,
+                          hint="--all lists every one" if hasattr(args, "all") else "`kfold check-data FILE --all` lists every one")
+        print(f"{prog}: error: " + "\n".join(lines), file=sys.stderr, flush=True)
+        return 2
     except ToolkitError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -7,8 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from ._config import Config
-from ._encode import encode
+from ._config import config_from_run
+from ._data import read_settings, repair_note, write_repairs
+from ._encode import crop_note, encode
 from ._errors import StoreError
 from ._readers import read_dataset
 from ._store import Predictions, RunDir, save_predictions
@@ -40,22 +41,25 @@ def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | No
 
     run = RunDir(run_dir)
     raw = run.read_config()
-    cfg = Config(**raw["config"])
+    cfg = config_from_run(raw)
     names = tuple(raw["label_names"])
     folders = [run.fold_dir(f) / "model" for f in range(cfg.folds)]
     missing = [str(f) for f in folders if not (f / "model.pt").exists()]
     if missing:
         raise StoreError(f"{missing[0]}: no saved model; train the run with --save-models to predict new files")
-    test = read_dataset(test_file, names, format=cfg.format, role="test", columns=cfg.columns or None,
-                        repair_offsets=cfg.repair_offsets)
+    test = read_dataset(test_file, names, role="test", **read_settings(cfg))
+    note = repair_note(test, write_repairs(test, run.root.parent.parent))
+    if note:
+        log(note)
     tok = load_tokenizer_dir(folders[0])
-    feats, cropped = encode(test, tok, cfg.marker, cfg.max_len)
+    feats = encode(test, tok, cfg.marker, cfg.max_len, cfg.too_far)[0]
     swapped = perm = None
     if cfg.tta == "swap":  # predicted as the run's folds were: both readings, averaged
         perm = inverse_labels(names, f"{run.root} (--tta swap)")
-        swapped = encode(swap_entities(test, perm), tok, cfg.marker, cfg.max_len)[0]
-    if cropped:
-        log(f"cropped {cropped} sentence(s) longer than max_len {cfg.max_len}")
+        swapped = encode(swap_entities(test, perm), tok, cfg.marker, cfg.max_len, cfg.too_far)[0]
+    note = crop_note(feats, cfg.max_len)
+    if note:
+        log(note)
     device = pick_device(cfg.device)
     dtype = pick_precision(cfg.precision, device)
     per_fold = []

@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ._errors import ConfigError, DataError, data_error, unknown_name
+from ._errors import ConfigError, DataError, ProblemList, data_error, unknown_name
 from ._labels import BLIND, find_label_file, read_label_file
 from ._schema import Dataset
 from ._textio import read_text, split_lines
-from ._validate import RawRow, build_examples
+from ._validate import OFFSET_MODES, RawRow, build_examples
 
 FORMATS = ("auto", "competition", "klue", "semeval", "generic")
 ROLES = ("train", "test", "blind")
@@ -43,7 +43,8 @@ def read_dataset(
     format: str = "auto",
     role: str = "train",
     columns: Mapping[str, str] | str | None = None,
-    repair_offsets: bool = False,
+    offsets: str = "repair",
+    repair_window: int = 5,
     id_start: int = 1,
 ) -> Dataset:
     """Read a relation-extraction file into the common schema, validating every row.
@@ -57,8 +58,10 @@ def read_dataset(
     role: ``train`` (every row labelled), ``test`` (all rows blind or all labelled) or ``blind``
         (no row may carry a label).
     columns: generic format only: ``{"field": "column"}`` or ``"id=guid,sentence=text,end=exclusive"``.
-    repair_offsets: opt-in: an entity whose offsets do not match its text, but whose text occurs
-        exactly once in the sentence, gets the offsets of that occurrence (counted in ``repaired``).
+    offsets: ``repair`` (default): an entity whose text is not at its offsets moves to the nearest
+        occurrence of its text, when that is at most ``repair_window`` characters away and the only one
+        that near (listed in ``Dataset.repairs``); ``strict``: every mismatch is a problem.
+    repair_window: see ``offsets``.
     id_start: SemEval only (it has no ids): the id of the first row.
 
     Returns
@@ -67,7 +70,8 @@ def read_dataset(
 
     Raises
     ------
-    DataError naming file, row and field; ConfigError for a bad format name or column mapping.
+    DataProblems (a DataError) listing every problem of the file, each naming file, row and field;
+    DataError for a file that cannot be read at all; ConfigError for a bad format name or column mapping.
 
     Example
     -------
@@ -80,27 +84,32 @@ def read_dataset(
         raise unknown_name("format", format, FORMATS)
     if role not in ROLES:
         raise unknown_name("role", role, ROLES)
+    if offsets not in OFFSET_MODES:
+        raise unknown_name("offsets mode", offsets, OFFSET_MODES)
     text = read_text(path)
     if format == "auto":
         format = detect_format(path, text)
     label_names = _resolve_labels(path, labels)
+    problems = ProblemList(path)
     if format == "competition":
-        rows, inclusive = _competition_rows(path, text), True
+        rows, inclusive = _competition_rows(path, text, problems), True
     elif format == "klue":
-        rows, inclusive = _klue_rows(path, text, label_names), True
+        rows, inclusive = _klue_rows(path, text, problems), True
     elif format == "semeval":
-        rows, inclusive = _semeval_rows(path, text, id_start), False
+        rows, inclusive = _semeval_rows(path, text, id_start, problems), False
     else:
         mapping, inclusive = parse_columns(columns)
-        rows = _generic_rows(path, text, mapping)
+        rows = _generic_rows(path, text, mapping, problems)
     if label_names is None:
-        label_names = _labels_from_rows(path, rows)
-    examples, repaired = build_examples(path, rows, label_names, inclusive=inclusive,
-                                        role=role, repair=repair_offsets)
-    ds = Dataset(str(path), examples, label_names, repaired=repaired)
-    if repaired:
-        ds.notes.append(f"{path}: repaired the offsets of {repaired} entities (--repair-offsets)")
-    return ds
+        try:
+            label_names = _labels_from_rows(path, rows)
+        except DataError:
+            problems.raise_if_any()  # rows that could not be read explain a file without labels better
+            raise
+    examples, repairs = build_examples(path, rows, label_names, problems, inclusive=inclusive, role=role,
+                                       offsets=offsets, window=repair_window)
+    problems.raise_if_any()
+    return Dataset(str(path), examples, label_names, repairs=repairs)
 
 
 def detect_format(path: Path, text: str) -> str:
@@ -181,7 +190,7 @@ def _labels_from_rows(path: Path, rows: list[RawRow]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _competition_rows(path: Path, text: str) -> list[RawRow]:
+def _competition_rows(path: Path, text: str, problems: ProblemList) -> list[RawRow]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quotechar='"', doublequote=True)
     rows = []
     start = 1
@@ -193,19 +202,21 @@ def _competition_rows(path: Path, text: str) -> list[RawRow]:
                 continue
             if len(record) != 9:
                 if any("\n" in f for f in record):  # csv read on past the line end: an opening quote never closed
-                    raise data_error(path, row, "sentence", "<a double quote opened on this row, never closed>",
-                                     "a quoted sentence closed with '\"' (or no quote at the start of the sentence)")
-                raise data_error(path, row, None, f"<{len(record)} columns>",
-                                 f"9 tab-separated columns ({', '.join(_COMPETITION_COLUMNS)})")
+                    problems.add(row, "sentence", "<a double quote opened on this row, never closed>",
+                                 "a quoted sentence closed with '\"' (or no quote at the start of the sentence)", "format")
+                    break  # the rest of the file was swallowed by the open quote
+                problems.add(row, None, f"<{len(record)} columns>",
+                             f"9 tab-separated columns ({', '.join(_COMPETITION_COLUMNS)})", "format")
+                continue
             rid, sent, w1, s1, e1, w2, s2, e2, label = record
             rows.append(RawRow(row, rid, sent, (s1, e1, None, w1), (s2, e2, None, w2), label))
     except csv.Error as exc:
-        raise data_error(path, reader.line_num, "sentence", f"<CSV error: {exc}>",
-                         "a tab-separated row, quoted sentences closed with '\"'") from None
+        problems.add(reader.line_num, "sentence", f"<CSV error: {exc}>",
+                     "a tab-separated row, quoted sentences closed with '\"'", "format")
     return rows
 
 
-def _klue_rows(path: Path, text: str, label_names) -> list[RawRow]:
+def _klue_rows(path: Path, text: str, problems: ProblemList) -> list[RawRow]:
     stripped = text.lstrip()
     items: list[tuple[int, Any]] = []
     if stripped.startswith("["):
@@ -221,48 +232,61 @@ def _klue_rows(path: Path, text: str, label_names) -> list[RawRow]:
             try:
                 items.append((lineno, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise data_error(path, lineno, None, f"<invalid JSON: {exc.msg}>", "one JSON object per line") from None
+                problems.add(lineno, None, f"<invalid JSON: {exc.msg}>", "one JSON object per line", "format")
     rows = []
     for row, item in items:
-        if not isinstance(item, dict):
-            raise data_error(path, row, None, f"<a {type(item).__name__}>", "a JSON object")
-        for key in ("sentence", "subject_entity", "object_entity"):
-            if key not in item:
-                raise data_error(path, row, key, "<missing>", f"a '{key}' field")
-        ents = []
-        for key in ("subject_entity", "object_entity"):
-            ent = item[key]
-            if isinstance(ent, str):  # exports of the boostcamp CSV store a Python dict literal
-                try:
-                    ent = ast.literal_eval(ent)
-                except (ValueError, SyntaxError):
-                    raise data_error(path, row, key, ent, "an object {word, start_idx, end_idx, type}") from None
-            if not isinstance(ent, dict):
-                raise data_error(path, row, key, ent, "an object {word, start_idx, end_idx, type}")
-            for sub in ("start_idx", "end_idx"):
-                if sub not in ent:
-                    raise data_error(path, row, f"{key}.{sub}", "<missing>", "an integer offset")
-            ents.append((ent["start_idx"], ent["end_idx"], ent.get("type"), ent.get("word")))
-        label = item.get("label", item.get("label_name"))
-        rid = item.get("guid", item.get("id", str(row)))
-        rows.append(RawRow(row, rid, item["sentence"], ents[0], ents[1], label))
+        try:
+            rows.append(_klue_row(path, row, item))
+        except DataError as exc:
+            problems.add_error(exc, row, "format")
     return rows
 
 
-def _semeval_rows(path: Path, text: str, id_start: int) -> list[RawRow]:
+def _klue_row(path: Path, row: int, item: Any) -> RawRow:
+    """One KLUE object as a RawRow; DataError for a missing or malformed field."""
+    if not isinstance(item, dict):
+        raise data_error(path, row, None, f"<a {type(item).__name__}>", "a JSON object")
+    for key in ("sentence", "subject_entity", "object_entity"):
+        if key not in item:
+            raise data_error(path, row, key, "<missing>", f"a '{key}' field")
+    ents = []
+    for key in ("subject_entity", "object_entity"):
+        ent = item[key]
+        if isinstance(ent, str):  # exports of the boostcamp CSV store a Python dict literal
+            try:
+                ent = ast.literal_eval(ent)
+            except (ValueError, SyntaxError):
+                raise data_error(path, row, key, ent, "an object {word, start_idx, end_idx, type}") from None
+        if not isinstance(ent, dict):
+            raise data_error(path, row, key, ent, "an object {word, start_idx, end_idx, type}")
+        for sub in ("start_idx", "end_idx"):
+            if sub not in ent:
+                raise data_error(path, row, f"{key}.{sub}", "<missing>", "an integer offset")
+        ents.append((ent["start_idx"], ent["end_idx"], ent.get("type"), ent.get("word")))
+    label = item.get("label", item.get("label_name"))
+    rid = item.get("guid", item.get("id", str(row)))
+    return RawRow(row, rid, item["sentence"], ents[0], ents[1], label)
+
+
+def _semeval_rows(path: Path, text: str, id_start: int, problems: ProblemList) -> list[RawRow]:
     rows = []
     n = 0
     for lineno, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
+        n += 1  # ids count every data line, so a bad line does not shift the ids of the lines after it
         if "\t" not in line:
-            raise data_error(path, lineno, None, line, "label<TAB>sentence with <e1>..</e1> and <e2>..</e2> tags")
+            problems.add(lineno, None, line, "label<TAB>sentence with <e1>..</e1> and <e2>..</e2> tags", "format")
+            continue
         label, tagged = line.split("\t", 1)
-        sentence, spans = _strip_tags(path, lineno, tagged)
-        rows.append(RawRow(lineno, str(id_start + n), sentence,
+        try:
+            sentence, spans = _strip_tags(path, lineno, tagged)
+        except DataError as exc:
+            problems.add_error(exc, lineno, "format")
+            continue
+        rows.append(RawRow(lineno, str(id_start + n - 1), sentence,
                            (spans["e1"][0], spans["e1"][1], None, None),
                            (spans["e2"][0], spans["e2"][1], None, None), label.strip()))
-        n += 1
     return rows
 
 
@@ -301,7 +325,7 @@ def _strip_tags(path: Path, lineno: int, tagged: str) -> tuple[str, dict[str, tu
     return "".join(out), {k: (v[0], v[1]) for k, v in spans.items()}
 
 
-def _generic_rows(path: Path, text: str, mapping: dict[str, str]) -> list[RawRow]:
+def _generic_rows(path: Path, text: str, mapping: dict[str, str], problems: ProblemList) -> list[RawRow]:
     first = split_lines(text)[0]
     delimiter = "\t" if path.suffix.lower() == ".tsv" or first.count("\t") > first.count(",") else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"')
@@ -326,13 +350,14 @@ def _generic_rows(path: Path, text: str, mapping: dict[str, str]) -> list[RawRow
             if not record or all(not c.strip() for c in record):
                 continue
             if len(record) != len(header):
-                raise data_error(path, row, None, f"<{len(record)} columns>", f"{len(header)} columns as in the header")
+                problems.add(row, None, f"<{len(record)} columns>", f"{len(header)} columns as in the header", "format")
+                continue
             rows.append(RawRow(row, get(record, "id"), get(record, "sentence") or "",
                                (get(record, "subj_start"), get(record, "subj_end"), get(record, "subj_type"), get(record, "subj_word")),
                                (get(record, "obj_start"), get(record, "obj_end"), get(record, "obj_type"), get(record, "obj_word")),
                                get(record, "label")))
     except csv.Error as exc:
-        raise data_error(path, reader.line_num, None, f"<CSV error: {exc}>", "a well-formed CSV row") from None
+        problems.add(reader.line_num, None, f"<CSV error: {exc}>", "a well-formed CSV row", "format")
     return rows
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._config import Config, environment
 from ._data import LoadedData, load_data
-from ._encode import Features, concat_features, encode_cached
+from ._encode import Features, concat_features, crop_note, encode_cached
 from ._errors import StoreError
 from ._folds import FoldMap, fold_map_for
 from ._markers import check_marker, entity_types, marker_tokens
@@ -22,14 +22,15 @@ from ._models import backbone_slug, load_tokenizer
 from ._store import Predictions, RunDir, save_predictions
 from ._swap import inverse_labels, swap_entities
 from ._textio import write_json_atomic
-from ._train import FoldData, train_fold
+from ._train import FoldData, compute_line, train_fold
 
 #: Settings that do not change a run's numbers; they may differ between invocations of one run.
+#: (How the data is read, offsets and too-far rows, shows in the data hash and the token features: a file read
+#: another way is other data, refused by the data hash, or is refused when read.)
 RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch",
-                "attn_implementation")
+                "attn_implementation", "offsets", "repair_window", "too_far")
 #: Settings that name the run themselves, or belong to the data and fold map.
-NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "repair_offsets", "folds", "fold_seed", "group",
-               "no_relation")
+NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "folds", "fold_seed", "group", "no_relation")
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
           "warmup_ratio": "wu", "weight_decay": "wd", "activation": "act", "class_weights": "cw",
           "average_epochs": "avg", "layer_lr_decay": "lld", "backbone_dropout": "bdrop", "attention_dropout": "adrop"}
@@ -88,13 +89,14 @@ def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print
     tokenizer = load_tokenizer(cfg.backbone, marker_tokens(cfg.marker, entity_types(datasets)))
     cache = Path(workdir) / "cache"
     swapped = swapped_features(cfg, data.train, data.test, tokenizer, cache)
-    train_feats, n_crop, hit = encode_cached(data.train, tokenizer, cfg.marker, cfg.max_len, cache)
+    train_feats, _, hit = encode_cached(data.train, tokenizer, cfg.marker, cfg.max_len, cache, cfg.too_far)
     test_feats = None
     if data.test is not None:
-        test_feats, n_crop_test, _ = encode_cached(data.test, tokenizer, cfg.marker, cfg.max_len, cache)
-        n_crop += n_crop_test
-    if n_crop:
-        log(f"cropped {n_crop} sentence(s) longer than max_len {cfg.max_len} to windows that keep both entities")
+        test_feats = encode_cached(data.test, tokenizer, cfg.marker, cfg.max_len, cache, cfg.too_far)[0]
+    for ds, feats in ((data.train, train_feats), (data.test, test_feats)):
+        note = crop_note(feats, cfg.max_len) if feats is not None else None
+        if note:
+            log(f"{Path(ds.path).name}: {note}")
     return data, fm, tokenizer, train_feats, test_feats, hit, swapped
 
 
@@ -114,8 +116,8 @@ def swapped_features(cfg: Config, train, test, tokenizer, cache: str | Path | No
     if cfg.augment != "swap" and cfg.tta != "swap":
         return None
     perm = inverse_labels(train.label_names, f"{train.path} (--augment/--tta swap)")
-    encoded = [encode_cached(swap_entities(ds, perm), tokenizer, cfg.marker, cfg.max_len, cache)[0] if ds is not None else None
-               for ds in (train, test)]
+    encoded = [encode_cached(swap_entities(ds, perm), tokenizer, cfg.marker, cfg.max_len, cache, cfg.too_far)[0]
+               if ds is not None else None for ds in (train, test)]
     return Swapped(perm, *encoded)
 
 
@@ -161,6 +163,7 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     data, fm, tokenizer, train_feats, test_feats, _, swapped = prepare(cfg, workdir, log)
     run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag))
     _check_identity(run, cfg, data, fm)
+    log(f"{run.name}: {compute_line(cfg)}")
     y = data.train.y
     if not run.config_path.exists():
         write_json_atomic(run.config_path, {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -46,15 +46,29 @@ class Example:
         return self.sentence[self.obj.start : self.obj.end]
 
 
+class Repair(NamedTuple):
+    """An entity whose offsets a reader moved to where its text is; offsets in the file's own end convention."""
+
+    row: int
+    id: str
+    field: str  # "subject" or "object"
+    text: str
+    old: tuple[int, int]
+    new: tuple[int, int]
+
+
 @dataclass
 class Dataset:
-    """Examples read from one file, with the label names that index the logit columns."""
+    """Examples read from one file, with the label names that index the logit columns.
+
+    ``repairs``: the entity offsets the reader repaired (see kfold._validate); the examples hold the
+    repaired offsets, so the content hash, fold map and run identity are those of the repaired data.
+    """
 
     path: str
     examples: list[Example]
     label_names: tuple[str, ...]
-    repaired: int = 0
-    notes: list[str] = field(default_factory=list)
+    repairs: list[Repair] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -57,7 +57,7 @@ def swap_entities(ds: Dataset, perm: np.ndarray | None = None) -> Dataset:
     examples = [dataclasses.replace(ex, subj=ex.obj, obj=ex.subj,
                                     label=None if ex.label is None else names[perm[index[ex.label]]])
                 for ex in ds.examples]
-    return Dataset(ds.path, examples, names, ds.repaired, list(ds.notes))
+    return Dataset(ds.path, examples, names, ds.repairs)
 
 
 def unswap_logits(logits: np.ndarray, perm: np.ndarray) -> np.ndarray:

@@ -100,23 +100,28 @@ def cpu_has_native_bf16() -> bool:
 
 
 def precision_note(name: str, device: torch.device) -> str | None:
-    """A one-line hint when the chosen precision wastes the CPU: fp32 (the CPU default, reproducible on every
-    machine) where bf16 runs in hardware, or bf16 where it is emulated. None on other devices."""
+    """A one-line note on the CPU's bf16: what ``auto`` chose, or a warning when bf16 was asked for where it is
+    emulated (several times slower than fp32). None on other devices."""
     if device.type != "cpu":
         return None
     native = cpu_has_native_bf16()
-    if name == "auto" and native:
-        return ("note: this CPU computes bf16 in hardware (AMX/AVX512-BF16); --precision bf16 trains faster "
-                "(fp32 stays the CPU default so results match on every machine)")
+    if name == "auto":
+        return ("note: this CPU computes bf16 in hardware (AMX/AVX512-BF16): --precision auto trains in bf16 "
+                "(--precision fp32 to opt out)" if native else
+                "note: this CPU has no bf16 hardware (AMX/AVX512-BF16), where bf16 is emulated and slower: "
+                "--precision auto trains in fp32")
     if name == "bf16" and not native:
-        return "note: --precision bf16 on a CPU without AMX or AVX512-BF16 is emulated and slower than fp32"
+        return "warning: --precision bf16 on a CPU without AMX or AVX512-BF16 is emulated and slower than fp32"
     return None
 
 
 def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA when supported, else fp16; fp32 elsewhere."""
-    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+    """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA when supported, else fp16; on the CPU bf16
+    where it computes bf16 in hardware (faster there), fp32 where bf16 would be emulated; fp32 elsewhere."""
+    if name == "fp32" or (name == "auto" and device.type not in ("cuda", "cpu")):
         return None
+    if name == "auto" and device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name == "fp16" and device.type != "cuda":
@@ -131,6 +136,19 @@ def pick_attention(name: str, device: torch.device, dtype: torch.dtype | None) -
     if name != "auto":
         return name
     return "eager" if device.type == "cpu" and dtype == torch.bfloat16 else None
+
+
+def compute_line(cfg: Config) -> str:
+    """What a run computes with: ``backbone minilm (path), attention sdpa, precision fp32 on cpu``."""
+    from ._models import resolve_backbone
+
+    device = pick_device(cfg.device)
+    dtype = pick_precision(cfg.precision, device)
+    kernel = pick_attention(cfg.attn_implementation, device, dtype) or "sdpa"
+    path = resolve_backbone(cfg.backbone)
+    where = f" ({path})" if path != cfg.backbone else ""
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return f"backbone {cfg.backbone}{where}, attention {kernel}, precision {precision} on {device.type}"
 
 
 def build_model(cfg: Config, num_labels: int, vocab_size: int | None, device: torch.device | None = None,

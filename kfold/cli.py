@@ -19,6 +19,11 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag}: found '{text}', expected comma-separated integers like 0,2") from None
 
 
+#: The settings `kfold check-data` takes: how the file is read and how it would be tokenised.
+CHECK_KEYS = ("labels", "format", "columns", "offsets", "repair_window", "no_relation", "too_far", "backbone", "marker",
+              "max_len")
+
+
 def _parser() -> argparse.ArgumentParser:
     from ._config import add_config_flags
 
@@ -52,13 +57,19 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("variants", help="list the registered variants")
 
-    chk = sub.add_parser("check-data", help="validate a data file and print a summary")
-    chk.add_argument("data")
-    chk.add_argument("--labels", default=None)
-    chk.add_argument("--format", default="auto")
-    chk.add_argument("--role", default="train", choices=("train", "test", "blind"))
-    chk.add_argument("--columns", default=None)
-    chk.add_argument("--repair-offsets", action="store_true")
+    chk = sub.add_parser("check-data", help="list every problem of a data file; labels and token lengths",
+                         description="Lists every problem (exit 2 when any remains), the offsets repaired, the label "
+                         "distribution and the token lengths for a backbone and marker. Writes nothing but the "
+                         "repairs list (WORKDIR/data/repairs-*.csv).")
+    chk.add_argument("data", help="the data file")
+    chk.add_argument("--role", default="train", choices=("train", "test", "blind"),
+                     help="train: every row labelled; test: all blind or all labelled; blind: no labels")
+    chk.add_argument("--workdir", default="runs", help="where the repairs list goes (default: runs)")
+    chk.add_argument("--config", default=None, help="JSON or TOML config file (the settings of the run to check for)")
+    chk.add_argument("--all", action="store_true", help="every problem, repair and two-window row, not the first 50")
+    chk.add_argument("--no-tokens", dest="tokens", action="store_false",
+                     help="skip the token lengths (no tokenizer is loaded)")
+    add_config_flags(chk, only=CHECK_KEYS)
 
     demo = sub.add_parser("demo-data", help="write the generated demo data set")
     demo.add_argument("--out", default="demo-data")
@@ -141,14 +152,11 @@ def _cmd_variants(_args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from ._readers import dataset_summary, read_dataset
+    from ._check import check_data
+    from ._config import make_config, overrides_from_args
 
-    ds = read_dataset(args.data, args.labels, format=args.format, role=args.role, columns=args.columns,
-                      repair_offsets=args.repair_offsets)
-    for note in ds.notes:
-        _log(note)
-    _log(dataset_summary(ds))
-    return 0
+    cfg = make_config(args.config, overrides_from_args(args))
+    return check_data(args.data, cfg, role=args.role, workdir=args.workdir, show_all=args.all, tokens=args.tokens, log=_log)
 
 
 def _cmd_demo(args) -> int:

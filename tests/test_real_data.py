@@ -77,3 +77,36 @@ def test_demo_data_is_learned_well_above_the_majority_class(tmp_path):
     assert out.complete
     # 200 training rows per fold, 5 epochs: measured 71.5 against a majority of 44.75
     assert out.oof_scores["accuracy"] > out.majority_accuracy + 20, (out.oof_scores, out.majority_accuracy)
+
+
+def test_competition_file_with_24_shifted_spans_is_repaired_and_trains(tmp_path, capsys):
+    """The source competition's fault, on real KLUE rows: 24 spans shifted right (15 by 2, 9 by 1; 3 on text
+    that occurs twice). check-data repairs all 24 and exits 0; strict refuses all 24; kfold run trains on it."""
+    import csv
+
+    from kfold.cli import main
+    from tests.dirty import write_dirty_competition_file
+
+    folder = shared_data("klue_re_subset")
+    info = write_dirty_competition_file(folder / "train_subset.jsonl", tmp_path / "data", n_rows=300)
+    moves = [given - true for _, _, true, given in info["shifted"]]
+    assert len(moves) == 24 and moves.count(2) == 15 and moves.count(1) == 9
+    data = str(tmp_path / "data" / "train.tsv")
+    assert main(["check-data", data, "--workdir", str(tmp_path / "w"), "--max-len", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: repaired 24 entity spans in train.tsv, moved 1-2 characters" in out
+    assert f"{data}: no problems" in out and "two windows)" in out
+    listed = next((tmp_path / "w" / "data").glob("repairs-train-*.csv"))
+    rows = {(int(r["row"]), r["field"], int(r["old_start"]), int(r["new_start"]))
+            for r in csv.DictReader(listed.open(encoding="utf-8"))}
+    assert rows == {(row, field, given, true) for row, field, true, given in info["shifted"]}
+    assert main(["check-data", data, "--offsets", "strict", "--no-tokens"]) == 2
+    assert capsys.readouterr().err.startswith("kfold: error: 24 problems in 23 rows of")
+    small = tmp_path / "data" / "small.tsv"  # the first 120 rows, with the shifted spans among them
+    small.write_text("".join((tmp_path / "data" / "train.tsv").read_text(encoding="utf-8").splitlines(True)[:120]),
+                     encoding="utf-8")
+    assert main(["run", "--data", str(small), "--workdir", str(tmp_path / "w"), "--folds", "2", "--epochs", "1",
+                 "--max-len", "128", "--batch-size", "16", "--variants", "split"]) == 0
+    out = capsys.readouterr().out
+    n_small = sum(row <= 120 for row, *_ in info["shifted"])
+    assert n_small >= 10 and f"warning: repaired {n_small} entity spans in small.tsv" in out and ": OOF accuracy" in out

@@ -108,13 +108,13 @@ def test_cropping_keeps_both_entities_and_counts(kind):
     assert "@" in tok.decode(ids[s1:]) and "#" in tok.decode(ids[o1:])
 
 
-def test_entities_too_far_apart_is_a_data_error():
+def test_entities_too_far_apart_is_a_data_error_with_too_far_error():
     tok = tiny_tokenizer("bert")
     filler = " ".join(["the company"] * 30)
     sentence = f"Kim {filler} Samsung"
     far = Example("3", sentence, Span(0, 3), Span(len(sentence) - 7, len(sentence)), "x", row=5)
-    with pytest.raises(DataError, match=r"mem: row 5, field 'sentence': found <entities \d+ tokens apart>"):
-        encode(_ds(far), tok, "entity_marker_punct", 24)
+    with pytest.raises(DataError, match=r"mem: row 5, field 'sentence': found <entities \d+ tokens apart>.*--too-far two-windows"):
+        encode(_ds(far), tok, "entity_marker_punct", 24, too_far="error")
 
 
 def test_token_cache_round_trip(tmp_path):

@@ -145,15 +145,6 @@ def test_pickled_label_file_cannot_run_code(tmp_path):
         read_label_file(tmp_path / "l.pkl")
 
 
-def test_repair_offsets_is_opt_in_and_counted(tmp_path):
-    _pkl(tmp_path)
-    (tmp_path / "t.tsv").write_text("1\t김철수는 삼성에서 일했다.\t김철수\t1\t3\t삼성\t5\t6\t인물:소속단체\n", encoding="utf-8")
-    with pytest.raises(DataError, match="--repair-offsets can fix it"):
-        read_dataset(tmp_path / "t.tsv")
-    ds = read_dataset(tmp_path / "t.tsv", repair_offsets=True)
-    assert ds.repaired == 1 and ds.examples[0].subj_text == "김철수" and ds.examples[0].subj.start == 0
-
-
 # valid but unusual input is read correctly
 def test_bom_crlf_trailing_blank_lines(tmp_path):
     _pkl(tmp_path)

@@ -246,7 +246,9 @@ def test_cli_runs_variants_times_seeds_then_reports(tmp_path, demo_dir, tiny_ber
     per_fold = [line for line in out.splitlines() if "train ex/s" in line]
     assert len(per_fold) == 12 and all(" at epoch 1/1, 80 train / 40 valid" in line for line in per_fold)
     assert out.count(": OOF accuracy") == 4 and "majority-class accuracy on this data" in out
-    assert out.count("--precision bf16 trains faster") == 1  # once per command, not once per run
+    assert out.count("--precision auto trains in bf16") == 1  # once per command, not once per run
+    # one line per run says what it computes with; transformers' per-fold loading bar is gone
+    assert out.count("attention eager, precision bf16 on cpu") == 4 and "Loading weights" not in out
     assert main(["report", "--workdir", str(tmp_path), "--bootstrap", "50"]) == 0
     report = capsys.readouterr().out
     assert "split-bert-s1" in report and "share-bert-s2" in report and "(2)" in report  # seed spread over 2 seeds

@@ -287,16 +287,18 @@ def test_train_fold_builds_the_attention_kernel_auto_picks(fold_data, tiny_bert,
     assert [m.backbone.config._attn_implementation for m in built] == [kernel]
 
 
-def test_precision_note_names_the_faster_or_slower_choice(monkeypatch):
+def test_precision_auto_follows_the_cpus_bf16_hardware_and_says_so(monkeypatch):
     import kfold._train as train
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
-    assert "--precision bf16 trains faster" in train.precision_note("auto", cpu)
+    assert "--precision auto trains in bf16" in train.precision_note("auto", cpu)
+    assert train.pick_precision("auto", cpu) == torch.bfloat16
     assert train.precision_note("bf16", cpu) is None and train.precision_note("fp32", cpu) is None
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
     assert "emulated and slower than fp32" in train.precision_note("bf16", cpu)
-    assert train.precision_note("auto", cpu) is None
+    assert "--precision auto trains in fp32" in train.precision_note("auto", cpu)
+    assert train.pick_precision("auto", cpu) is None and train.pick_precision("bf16", cpu) == torch.bfloat16
     assert train.precision_note("bf16", cuda) is None and train.precision_note("auto", cuda) is None
 
 

@@ -1,0 +1,72 @@
+"""One-line help for every run setting, grouped as ``kfold run --help`` shows them. Torch-free.
+
+Every field of :class:`kfold.Config` has an entry (a test checks it), so no flag reads only "default: ''".
+"""
+
+from __future__ import annotations
+
+#: The order of the groups in --help.
+GROUPS = ("data", "folds", "model", "training", "speed", "output")
+
+#: field -> (group, one-line help)
+HELP: dict[str, tuple[str, str]] = {
+    # data
+    "data": ("data", "training file (competition TSV, KLUE JSON/JSONL, SemEval, CSV); empty = generated demo data"),
+    "test": ("data", "test file predicted by every fold model (labels optional, never used for training or selection)"),
+    "labels": ("data", "label file (label_type.pkl, relation_list.json, label.txt); default: found next to the data"),
+    "format": ("data", "input format; auto decides from the extension and the first line"),
+    "columns": ("data", "generic CSV only: field=column pairs, e.g. id=guid,sentence=text,end=exclusive"),
+    "offsets": ("data", "entity offsets that miss their text: repair = move to the nearest occurrence (listed), "
+                        "strict = refuse"),
+    "repair_window": ("data", "--offsets repair moves an entity at most this many characters"),
+    "no_relation": ("data", "the no-relation label, left out of micro-F1 (default: detected, e.g. no_relation, Other)"),
+    "too_far": ("data", "entities further apart than --max-len: two windows joined by the separator, or an error"),
+    # folds
+    "folds": ("folds", "number of folds k (every row is predicted once, by the model that did not train on it)"),
+    "fold_seed": ("folds", "seed of the fold map (separate from the training seed: all runs share one fold map)"),
+    "group": ("folds", "duplicates = identical sentences stay in one fold"),
+    # model
+    "variant": ("model", "relation head (see `kfold variants`); --variants runs several"),
+    "backbone": ("model", "Hugging Face model id or local folder; minilm = the packaged all-MiniLM-L6-v2"),
+    "marker": ("model", "how entities are marked in the text, e.g. @ s @ / # o # (entity_marker_punct)"),
+    "max_len": ("model", "tokens per row; longer rows are cropped to a window that keeps both entities"),
+    "activation": ("model", "activation of the head's projection layers (empty = the variant's, tanh)"),
+    "pool": ("model", "entity vector: mean of its tokens or its start marker (empty = the variant's)"),
+    "cls_vector": ("model", "sentence vector: auto = trained pooler if any, else first token; first; mean of tokens"),
+    "dropout": ("model", "dropout in the relation head"),
+    "backbone_dropout": ("model", "encoder dropout on hidden states (-1 = the checkpoint's value)"),
+    "attention_dropout": ("model", "encoder dropout on attention probabilities (-1 = the checkpoint's value)"),
+    # training
+    "epochs": ("training", "passes over each fold's training part"),
+    "batch_size": ("training", "rows per optimizer step (micro-batches and accumulation keep this fixed)"),
+    "grad_accum": ("training", "split each batch into this many micro-batches (less memory, same update)"),
+    "lr": ("training", "peak learning rate of the encoder (linear warmup, then linear decay)"),
+    "head_lr": ("training", "learning rate of the new head (0 = --lr)"),
+    "layer_lr_decay": ("training", "each encoder layer trains at this x the lr of the layer above (1 = no decay)"),
+    "weight_decay": ("training", "AdamW weight decay (not on LayerNorm weights and biases)"),
+    "warmup_ratio": ("training", "share of the optimizer steps spent warming the learning rate up"),
+    "max_grad_norm": ("training", "gradient clipping norm"),
+    "ema": ("training", "evaluate, select and save a moving average of the weights with this decay (0 = off)"),
+    "average_epochs": ("training", "average the weights of the last N epochs instead of choosing an epoch (0 = off)"),
+    "loss": ("training", "cross-entropy or focal loss"),
+    "label_smoothing": ("training", "label smoothing of the cross-entropy (source competition: 0.05)"),
+    "focal_gamma": ("training", "focusing parameter of --loss focal"),
+    "rdrop": ("training", "R-Drop weight: each row twice, KL between the two predictions (0 = off; 2x cost)"),
+    "class_weights": ("training", "balanced = weight the loss by inverse label frequency"),
+    "augment": ("training", "swap = also train on rows with subject and object exchanged (directed labels only)"),
+    "tta": ("training", "swap = predict both entity orders and average (directed labels only)"),
+    "metric": ("training", "metric that chooses the epoch and sorts reports"),
+    "seed": ("training", "training seed (--seeds runs several); the fold map has its own --fold-seed"),
+    # speed and memory
+    "precision": ("speed", "autocast: auto = bf16 (or fp16) on CUDA, bf16 on CPUs that compute it in hardware, else fp32"),
+    "grad_checkpointing": ("speed", "recompute activations in the backward pass (less memory, ~30% slower)"),
+    "compile": ("speed", "torch.compile the model"),
+    "attn_implementation": ("speed", "attention kernel: auto = SDPA, except eager for bf16 on the CPU (faster there)"),
+    "length_grouping": ("speed", "batch rows of similar length together (less padding)"),
+    "eval_batch_size": ("speed", "rows per prediction batch (halved on out-of-memory)"),
+    "auto_micro_batch": ("speed", "find the largest micro-batch that fits in memory and accumulate to --batch-size"),
+    "device": ("speed", "auto = CUDA, then MPS, then CPU"),
+    "threads": ("speed", "CPU threads for torch (0 = torch's default); give each process its share"),
+    # output
+    "save_models": ("output", "keep each fold's model (for `kfold predict` on new test files)"),
+}
