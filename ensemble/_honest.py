@@ -7,12 +7,14 @@ every fold, then scores the assembled predictions: every row is predicted by a b
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from sklearn.base import clone
 
-from kfold._metrics import metric_fn, softmax
+from kfold._metrics import metric_fn, sign, softmax
 
 from ._blenders import Blender
 
@@ -73,3 +75,44 @@ def score_blend(blender: Blender, names: list[str], logits: np.ndarray, y: np.nd
     scores = BlendScores(metric, members, fn(y, honest_probs), fn(y, fitted.predict_proba(logits)),
                          dict(zip(names, map(float, fitted.member_weights()))))
     return fitted, scores, honest_probs
+
+
+#: Blend methods from the fewest learned parameters to the most; a simpler method wins a near-tie.
+SIMPLICITY = ("soft", "hard", "rank", "weighted", "caruana", "stack")
+#: How close (in metric points) an honest score must be to the best for a simpler method to win.
+TIE = 0.05
+
+
+@dataclass
+class MethodResult:
+    """One method's blend of the members: the fitted blender, its scores and how long scoring took."""
+
+    method: str
+    fitted: Blender
+    scores: BlendScores
+    seconds: float
+
+
+def compare_methods(make: Callable[[str], Blender], methods: list[str], names: list[str], logits: np.ndarray,
+                    y: np.ndarray, folds: np.ndarray, metric: str, label_names, no_relation=None) -> list[MethodResult]:
+    """Fit and honestly score each method (``make(method)`` builds its blender), in the order given."""
+    out = []
+    for method in methods:
+        t0 = time.perf_counter()
+        fitted, scores, _ = score_blend(make(method), names, logits, y, folds, metric, label_names, no_relation)
+        out.append(MethodResult(method, fitted, scores, time.perf_counter() - t0))
+    return out
+
+
+def choose_method(honest: dict[str, float], metric: str, tie: float = TIE) -> str:
+    """The method with the best honest score; among those within ``tie`` of it, the simplest (SIMPLICITY).
+
+    >>> choose_method({"soft": 86.50, "stack": 86.54, "weighted": 86.70}, "semeval")
+    'weighted'
+    >>> choose_method({"soft": 86.50, "stack": 86.54}, "semeval")
+    'soft'
+    """
+    s = sign(metric)
+    best = max(s * v for v in honest.values())
+    near = [m for m, v in honest.items() if s * v >= best - tie]
+    return min(near, key=lambda m: SIMPLICITY.index(m) if m in SIMPLICITY else len(SIMPLICITY))

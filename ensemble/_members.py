@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kfold._errors import ConfigError, StoreError
-from kfold._store import Predictions, RunDir, list_runs, load_predictions
+from kfold._store import REFIT, Predictions, RunDir, list_runs, load_predictions
 
 
 @dataclass
@@ -70,11 +70,18 @@ def _aligned(pred: Predictions, ids: np.ndarray, what: str) -> Predictions:
                        None, pred.path)
 
 
-def load_members(runs: list[RunDir], need_test: bool = True, test_name: str = "test.npz") -> Members:
+#: Where a member's test logits come from: the mean of its fold models, its refit on every row, or both averaged.
+TEST_SOURCES = ("folds", "refit", "both")
+
+
+def load_members(runs: list[RunDir], need_test: bool = True, test_name: str = "test.npz",
+                 test_source: str = "folds") -> Members:
     """Load OOF (and test) logits of ``runs`` and check they can be blended.
 
     ``test_name`` picks the test predictions in each run folder: ``test.npz`` (written by ``kfold run``)
-    or a ``predict-*.npz`` written by ``kfold predict``.
+    or a ``predict-*.npz`` written by ``kfold predict``. ``test_source`` (with ``test.npz``): ``folds`` = the
+    mean of the fold models' logits, ``refit`` = the model refit on every row (``kfold run --refit``),
+    ``both`` = the mean of the two. Blend weights are always fitted on OOF logits.
 
     Every member must have the same ids, the same label names in the same order, the same fold map
     hash and the same test ids; the error names the member that differs.
@@ -101,11 +108,7 @@ def load_members(runs: list[RunDir], need_test: bool = True, test_name: str = "t
         oofs.append(oof.logits)
         names.append(run.name)
         if need_test:
-            test_path = run.root / test_name
-            if not test_path.exists():
-                raise StoreError(f"{test_path}: file not found; member '{run.name}' has no such test predictions "
-                                 "(run it with --test, or `kfold predict` the file)")
-            test = load_predictions(test_path)
+            test = _member_test(run, test_name, test_source)
             if test.label_names != first.label_names:
                 raise StoreError(f"{test.path}: field 'label_names': expected the order of the OOF file")
             if tests:
@@ -115,3 +118,27 @@ def load_members(runs: list[RunDir], need_test: bool = True, test_name: str = "t
     return Members(names, np.stack(oofs), first.y, first.folds, first.ids, first.label_names, first.fold_map_hash,
                    np.stack([t.logits for t in tests]) if tests else None,
                    tests[0].ids if tests else None, tests[0].y if tests else None)
+
+
+def _member_test(run: RunDir, test_name: str, source: str) -> Predictions:
+    """A member's test logits from ``source`` (see :func:`load_members`)."""
+    if source not in TEST_SOURCES:
+        raise ConfigError(f"--test-source: unknown source '{source}'; expected one of [{', '.join(TEST_SOURCES)}]")
+    if source != "folds" and test_name != "test.npz":
+        raise ConfigError(f"--test-source {source}: refits predict the run's own test file; use --test-name test.npz")
+    paths = {"folds": [run.root / test_name], "refit": [run.fold_dir(REFIT) / "test.npz"],
+             "both": [run.root / test_name, run.fold_dir(REFIT) / "test.npz"]}[source]
+    preds = []
+    for path in paths:
+        if not path.exists():
+            hint = ("train it with `kfold run --refit`" if path.parent.name == REFIT
+                    else "run it with --test, or `kfold predict` the file")
+            raise StoreError(f"{path}: file not found; member '{run.name}' has no such test predictions ({hint})")
+        if path.parent.name == REFIT and run.fold_record(REFIT) is None:
+            raise StoreError(f"{path}: the refit is not complete (no {path.parent / 'done.json'})")
+        preds.append(load_predictions(path))
+    if len(preds) == 1:
+        return preds[0]
+    folds, refit = preds[0], _aligned(preds[1], preds[0].ids, "refit test")
+    mean = ((folds.logits.astype(np.float64) + refit.logits) / 2).astype(np.float32)
+    return Predictions(folds.ids, folds.label_names, mean, folds.fold_map_hash, folds.y, None, None, folds.path)

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from kfold._errors import ConfigError, run_command
 from kfold._metrics import METRICS, all_scores
-from kfold._textio import write_json_atomic
-from submissions import FORMATS, check_submission, write_submission
+from submissions import FORMATS, check_submission
 
 from ._blenders import METHODS, make_blender
-from ._honest import score_blend
-from ._members import load_members, select_runs
+from ._honest import TIE, choose_method, compare_methods
+from ._members import TEST_SOURCES, load_members, select_runs
+from ._write import write_blend
+
+#: The test source of `ensemble blend` when none is given (measured on SemEval: README, Results).
+DEFAULT_TEST_SOURCE = "folds"
 
 
 def _log(msg: str) -> None:
@@ -41,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
 
     blend = sub.add_parser("blend", help="fit a blend on OOF logits and write the leaderboard file + manifest")
     members_args(blend)
-    blend.add_argument("--method", default="soft", choices=list(METHODS),
-                       help="soft: mean probability; weighted: OOF-fitted weights; caruana: greedy selection with "
+    blend.add_argument("--method", default="soft", choices=list(METHODS) + ["best"],
+                       help="best: every method scored by nested CV, the best honest one (a simpler one within "
+                            "0.05 points); soft: mean probability; weighted: OOF-fitted weights; caruana: greedy selection with "
                             "replacement; rank: mean per-label rank over rows (drops class priors: for ranking "
                             "metrics such as AUPRC rather than accuracy); hard: majority vote; stack: logistic "
                             "regression on the members' logits")
@@ -51,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     blend.add_argument("--force", action="store_true", help="overwrite an existing output file")
     blend.add_argument("--test-name", default="test.npz", help="test predictions in each run folder: test.npz, "
                        "or predict-<file>.npz from `kfold predict`")
+    blend.add_argument("--test-source", default=DEFAULT_TEST_SOURCE, choices=TEST_SOURCES,
+                       help="each member's test logits: the mean of its fold models, its refit on every row "
+                            f"(`kfold run --refit`), or both averaged (default {DEFAULT_TEST_SOURCE}; weights are "
+                            "always fitted on OOF)")
 
     comp = sub.add_parser("compare", help="honest OOF score of every method on the selected runs (writes nothing)")
     members_args(comp)
@@ -70,31 +76,45 @@ def _blender(args, method: str, label_names):
                         temperature=args.temperature)
 
 
+def _results(args, members, methods: list[str]):
+    """Every method's fitted blend and honest scores on the members."""
+    return compare_methods(lambda m: _blender(args, m, members.label_names), methods, members.names, members.oof,
+                           members.y, members.folds, args.metric, members.label_names, args.no_relation)
+
+
 def _cmd_blend(args) -> int:
-    members = load_members(select_runs(args.workdir, args.runs), need_test=True, test_name=args.test_name)
-    blender = _blender(args, args.method, members.label_names)
-    t0 = time.perf_counter()
-    fitted, scores, _ = score_blend(blender, members.names, members.oof, members.y, members.folds, args.metric,
-                                    members.label_names, args.no_relation)
-    for line in scores.lines():
+    members = load_members(select_runs(args.workdir, args.runs), need_test=True, test_name=args.test_name,
+                           test_source=args.test_source)
+    if args.method == "best":  # every method scored honestly; the best honest one (a simpler one on a near-tie)
+        results = _results(args, members, list(METHODS))
+        _print_comparison(members, results, args.metric)
+        result = next(r for r in results if r.method == choose_method({r.method: r.scores.honest for r in results}, args.metric))
+    else:
+        result = _results(args, members, [args.method])[0]
+    for line in result.scores.lines():
         _log(line)
-    probs = fitted.predict_proba(members.test)
-    out = Path(args.out) if args.out else Path(args.workdir) / "submissions" / f"{args.method}-{len(members.names)}members.csv"
-    path = write_submission(out, args.format, [str(i) for i in members.test_ids], members.label_names, probs, force=args.force)
-    manifest = {
-        "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": args.format,
-        "method": args.method, "params": fitted.get_params(), "metric": args.metric,
-        "honest_oof_score": scores.honest, "in_sample_oof_score": scores.in_sample, "member_oof_scores": scores.members,
-        "best_member": scores.best_member[0], "gain_over_best_member": scores.gain, "weights": scores.weights,
-        "members": members.names, "fold_map_hash": members.fold_map_hash, "test_rows": len(members.test_ids),
-        "command": " ".join(shlex.quote(a) for a in ["ensemble"] + sys.argv[1:]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - t0, 2),
-    }
-    if members.test_y is not None and (members.test_y >= 0).all():
-        manifest["test_scores_from_labelled_test_file"] = all_scores(members.test_y, probs, members.label_names, args.no_relation)
-    write_json_atomic(path.with_name(path.name + ".manifest.json"), manifest)
-    _log(f"wrote {path} ({len(members.test_ids)} rows, format {args.format}) and {path.name}.manifest.json")
+    out = Path(args.out) if args.out else Path(args.workdir) / "submissions" / f"{result.method}-{len(members.names)}members.csv"
+    path, _ = write_blend(members, result, args.format, out, metric=args.metric, test_source=args.test_source,
+                          no_relation=args.no_relation, force=args.force,
+                          command=" ".join(shlex.quote(a) for a in ["ensemble"] + sys.argv[1:]))
+    _log(f"wrote {path} ({len(members.test_ids)} rows, format {args.format}, method {result.method}) and "
+         f"{path.name}.manifest.json")
     return 0
+
+
+def _print_comparison(members, results, metric: str) -> None:
+    """The table of `ensemble compare`, with the method `--method best` / `kfold auto` would choose."""
+    chosen = choose_method({r.method: r.scores.honest for r in results}, metric)
+    best_name, best = results[0].scores.best_member
+    _log(f"{len(members.names)} members on fold map {members.fold_map_hash[:12]}; best single run: {best_name} "
+         f"{metric} {best:.2f}")
+    _log(f"{'method':<9} {'honest OOF':>10} {'in-sample':>9} {'gain':>6} {'seconds':>7}  weights")
+    for r in results:
+        s = r.scores
+        top = ", ".join(f"{n} {w:.2f}" for n, w in sorted(s.weights.items(), key=lambda kv: -kv[1])[:4])
+        mark = "  <- chosen" if r.method == chosen else ""
+        _log(f"{r.method:<9} {s.honest:>10.2f} {s.in_sample:>9.2f} {s.gain:>+6.2f} {r.seconds:>7.1f}  {top}{mark}")
+    _log(f"chosen: {chosen} (best honest score; a simpler method wins within {TIE} points)")
 
 
 def _cmd_compare(args) -> int:
@@ -103,19 +123,7 @@ def _cmd_compare(args) -> int:
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"--methods: unknown method '{m}'; expected one of [{', '.join(METHODS)}]")
-    rows = []
-    for method in methods:
-        t0 = time.perf_counter()
-        _, scores, _ = score_blend(_blender(args, method, members.label_names), members.names, members.oof, members.y,
-                                   members.folds, args.metric, members.label_names, args.no_relation)
-        rows.append((method, scores, time.perf_counter() - t0))
-    best_name, best = rows[0][1].best_member
-    _log(f"{len(members.names)} members on fold map {members.fold_map_hash[:12]}; best single run: {best_name} "
-         f"{args.metric} {best:.2f}")
-    _log(f"{'method':<9} {'honest OOF':>10} {'in-sample':>9} {'gain':>6} {'seconds':>7}  weights")
-    for method, s, secs in rows:
-        top = ", ".join(f"{n} {w:.2f}" for n, w in sorted(s.weights.items(), key=lambda kv: -kv[1])[:4])
-        _log(f"{method:<9} {s.honest:>10.2f} {s.in_sample:>9.2f} {s.gain:>+6.2f} {secs:>7.1f}  {top}")
+    _print_comparison(members, _results(args, members, methods), args.metric)
     return 0
 
 

@@ -73,14 +73,15 @@ class Config:
     dropout: float = 0.1
     # the encoder's own dropout, overriding its checkpoint's config (-1 = keep the checkpoint's value): on hidden
     # states (hidden_dropout_prob) and on attention probabilities (attention_probs_dropout_prob)
-    backbone_dropout: float = -1.0
-    attention_dropout: float = -1.0
-    # optimisation
-    epochs: int = 3
-    batch_size: int = 16
+    backbone_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    # optimisation (the defaults are the measured best for the packaged MiniLM on a CPU: the minilm-cpu preset,
+    # kfold/presets/minilm-cpu.toml, says where each was measured)
+    epochs: int = 5
+    batch_size: int = 32
     grad_accum: int = 1
     auto_micro_batch: bool = False
-    lr: float = 5e-5
+    lr: float = 1e-4
     head_lr: float = 0.0
     # layer-wise learning-rate decay: the top encoder layer trains at lr, each layer below at decay x the one
     # above, the embeddings at decay ** num_layers x lr (1.0 = one lr for the whole backbone)
@@ -89,11 +90,14 @@ class Config:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     ema: float = 0.0
-    # average the weights at the ends of the last N epochs (stochastic weight averaging over epoch ends);
-    # the average replaces best-epoch selection and is what is evaluated, used for test and saved
-    average_epochs: int = 0
+    # average the weights at the ends of the last N epochs (all of them when there are fewer; stochastic weight
+    # averaging over epoch ends); the average replaces best-epoch selection and is evaluated, used for test, saved
+    average_epochs: int = 3
+    # score the validation rows after every epoch (the training curves); with average_epochs no epoch is chosen
+    # on them, so switching this off only saves time (the average is still scored)
+    epoch_scores: bool = True
     loss: str = "ce"
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     focal_gamma: float = 2.0
     # R-Drop: each training row goes through the model twice (two dropout masks) and the loss adds
     # rdrop x the symmetric KL between the two predictions (0 = off; doubles the cost of a step)
@@ -117,6 +121,8 @@ class Config:
     metric: str = "accuracy"
     seed: int = 1
     save_models: bool = False
+    # after the k folds, one more model on every training row predicts the test rows (runs/<run>/refit/)
+    refit: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -147,16 +153,21 @@ class Config:
             raise ConfigError(f"rdrop = {self.rdrop}: expected 0 (off) or a positive weight, e.g. 1.0")
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ConfigError(f"layer_lr_decay = {self.layer_lr_decay}: expected 0 < x <= 1 (1 = no decay)")
-        if not 0 <= self.average_epochs <= self.epochs:
-            raise ConfigError(f"average_epochs = {self.average_epochs}: expected 0 (off) to epochs ({self.epochs})")
+        if self.average_epochs < 0:
+            raise ConfigError(f"average_epochs = {self.average_epochs}: expected 0 (off) or a number of epochs")
+        if not self.epoch_scores and not self.average_epochs:
+            raise ConfigError("epoch_scores = false: the best epoch is chosen on the per-epoch scores; it needs "
+                              "average_epochs > 0 (no epoch chosen)")
         if self.average_epochs and self.ema:
-            raise ConfigError(f"average_epochs = {self.average_epochs} and ema = {self.ema}: choose one weight average")
+            raise ConfigError(f"average_epochs = {self.average_epochs} and ema = {self.ema}: choose one weight average "
+                              "(--average-epochs 0 to use --ema)")
         if self.lr <= 0 or self.head_lr < 0:
             raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
 
     def averaged_epochs(self) -> range:
-        """The 1-based epochs whose end-of-epoch weights ``average_epochs`` averages (empty when off)."""
-        return range(self.epochs - self.average_epochs + 1, self.epochs + 1) if self.average_epochs else range(0)
+        """The 1-based epochs whose end-of-epoch weights ``average_epochs`` averages: the last N, or all of them
+        when there are fewer (empty when off)."""
+        return range(max(1, self.epochs - self.average_epochs + 1), self.epochs + 1) if self.average_epochs else range(0)
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with ``changes`` (type-checked like a config file)."""
@@ -212,9 +223,40 @@ def config_from_run(raw: Mapping[str, Any]) -> Config:
     return Config(**{k: v for k, v in raw["config"].items() if k not in RETIRED})
 
 
-def make_config(file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults, then the file's keys, then command-line overrides (None values are skipped)."""
+#: The folder of the shipped presets: one TOML config per name, each value commented with where it was measured.
+PRESET_DIR = Path(__file__).with_name("presets")
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description (the file's first comment line, after the name)."""
+    out = {}
+    for path in sorted(PRESET_DIR.glob("*.toml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        out[path.stem] = first.lstrip("# ").removeprefix(f"{path.stem}:").strip()
+    return out
+
+
+def preset_path(name: str) -> Path:
+    """The file of a shipped preset; ConfigError listing the names for an unknown one."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise unknown_name("preset", name, list_presets())
+    return path
+
+
+def make_config(file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                preset: str | None = None) -> Config:
+    """Defaults, then the preset's keys, then the file's keys, then command-line overrides (None values are
+    skipped); the preset and the file go through the same checks.
+
+    Example
+    -------
+    >>> make_config(preset="large-gpu", overrides={"lr": 2e-5}).batch_size
+    16
+    """
     values: dict[str, Any] = {}
+    if preset:
+        values.update(load_config_file(preset_path(preset)))
     if file:
         values.update(load_config_file(file))
     for key, value in (overrides or {}).items():

@@ -48,6 +48,8 @@ HELP: dict[str, tuple[str, str]] = {
     "max_grad_norm": ("training", "gradient clipping norm"),
     "ema": ("training", "evaluate, select and save a moving average of the weights with this decay (0 = off)"),
     "average_epochs": ("training", "average the weights of the last N epochs instead of choosing an epoch (0 = off)"),
+    "epoch_scores": ("speed", "score the validation rows after every epoch (training curves); off saves time with "
+                              "--average-epochs"),
     "loss": ("training", "cross-entropy or focal loss"),
     "label_smoothing": ("training", "label smoothing of the cross-entropy (source competition: 0.05)"),
     "focal_gamma": ("training", "focusing parameter of --loss focal"),
@@ -69,4 +71,5 @@ HELP: dict[str, tuple[str, str]] = {
     "threads": ("speed", "CPU threads for torch (0 = torch's default); give each process its share"),
     # output
     "save_models": ("output", "keep each fold's model (for `kfold predict` on new test files)"),
+    "refit": ("output", "after the folds, train one more model on all training rows to predict the test file"),
 }

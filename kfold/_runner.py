@@ -14,12 +14,12 @@ import numpy as np
 from ._config import Config, environment
 from ._data import LoadedData, load_data
 from ._encode import Features, concat_features, crop_note, encode_cached
-from ._errors import StoreError
+from ._errors import ConfigError, StoreError
 from ._folds import FoldMap, fold_map_for
 from ._markers import check_marker, entity_types, marker_tokens
 from ._metrics import all_scores, majority_accuracy, softmax
 from ._models import backbone_slug, load_tokenizer
-from ._store import Predictions, RunDir, save_predictions
+from ._store import REFIT, Predictions, RunDir, save_predictions
 from ._swap import inverse_labels, swap_entities
 from ._textio import write_json_atomic
 from ._train import FoldData, compute_line, train_fold
@@ -28,7 +28,7 @@ from ._train import FoldData, compute_line, train_fold
 #: (How the data is read, offsets and too-far rows, shows in the data hash and the token features: a file read
 #: another way is other data, refused by the data hash, or is refused when read.)
 RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch",
-                "attn_implementation", "offsets", "repair_window", "too_far")
+                "attn_implementation", "offsets", "repair_window", "too_far", "refit", "epoch_scores")
 #: Settings that name the run themselves, or belong to the data and fold map.
 NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "folds", "fold_seed", "group", "no_relation")
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
@@ -174,48 +174,75 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
         })
     outcome = RunOutcome(run, majority_accuracy=majority_accuracy(y))
     wanted = list(range(cfg.folds)) if folds is None else list(folds)
+
+    def train_part(part: int | str) -> dict:
+        return _train_one(cfg, run, part, fm, data, train_feats, test_feats, swapped, y, tokenizer, log, model_factory)
+
     for fold in wanted:
         if not 0 <= fold < cfg.folds:
             raise StoreError(f"--fold {fold}: expected a fold number 0..{cfg.folds - 1}")
-        record = run.fold_record(fold)
-        if record is not None:
-            outcome.skipped.append(fold)
-        else:
-            with run.fold_lock(fold) as mine:
-                if not mine:
-                    log(f"{run.name} fold {fold}: another process is training it; skipping")
-                    outcome.busy.append(fold)
-                    continue
-                record = run.fold_record(fold)  # finished by another process while we looked?
-                if record is not None:
-                    outcome.skipped.append(fold)
-                else:
-                    record = _train_one(cfg, run, fold, fm, data, train_feats, test_feats, swapped, y, tokenizer, log,
-                                        model_factory)
-                    outcome.trained.append(fold)
-        if on_fold is not None:
+        record = _claim(run, fold, train_part, outcome, log)
+        if on_fold is not None and record is not None:
             on_fold(fold, record)
     if all(run.fold_record(f) is not None for f in range(cfg.folds)):
         outcome.oof_scores = assemble(run, fm, data.train.label_names, y, data.test.ids if data.test else None,
                                       data.test.y if data.test else None, cfg.no_relation or None)
         outcome.complete = True
+        if cfg.refit:
+            if data.test is None:
+                raise ConfigError("--refit trains one more model on every row to predict the test file; pass --test")
+            _claim(run, REFIT, train_part, outcome, log)
     return outcome
 
 
-def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, train_feats: Features,
+def _claim(run: RunDir, part: int | str, train: Callable[[int | str], dict], outcome: RunOutcome, log) -> dict | None:
+    """A part's completion record: already there (skipped), or trained under its lock; None when another process
+    holds the lock (busy)."""
+    record = run.fold_record(part)
+    if record is not None:
+        outcome.skipped.append(part)
+        return record
+    with run.fold_lock(part) as mine:
+        if not mine:
+            log(f"{run.name} {_part_name(part)}: another process is training it; skipping")
+            outcome.busy.append(part)
+            return None
+        record = run.fold_record(part)  # finished by another process while we looked?
+        if record is not None:
+            outcome.skipped.append(part)
+            return record
+        record = train(part)
+        outcome.trained.append(part)
+        return record
+
+
+def _part_name(part: int | str) -> str:
+    return "refit" if part == REFIT else f"fold {part}"
+
+
+def _train_one(cfg, run: RunDir, part: int | str, fm: FoldMap, data: LoadedData, train_feats: Features,
                test_feats: Features | None, swapped: Swapped | None, y: np.ndarray, tokenizer, log, model_factory) -> dict:
-    tr, va = fm.train_index(fold), fm.valid_index(fold)
+    """Train fold ``part`` (its validation rows predicted) or the refit (every row trained on, only the test
+    rows predicted, kept at the weights the folds chose: their averaged epochs, their EMA, or their median
+    best epoch, since no row is left to choose on)."""
+    refit = part == REFIT
+    if refit:
+        tr, va = np.arange(len(y)), np.zeros(0, dtype=np.int64)
+        keep = int(np.median([run.fold_record(f)["best_epoch"] for f in range(cfg.folds)]))
+    else:
+        tr, va, keep = fm.train_index(part), fm.valid_index(part), None
     fdata = fold_data(cfg, tr, va, y, train_feats, test_feats, swapped)
     t0 = time.perf_counter()
     res = train_fold(cfg, data.train.label_names, fdata, pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
-                     fold=fold, desc=run.name, log=log,
+                     fold=cfg.folds if refit else part, desc=run.name + (" refit" if refit else ""), log=log,
+                     keep_epoch=keep,
                      model_factory=(lambda: model_factory(cfg, len(data.train.label_names), len(tokenizer))) if model_factory else None)
     wall = time.perf_counter() - t0
     names = data.train.label_names
-    valid = Predictions(np.asarray(fm.ids)[va], names, res.valid_logits, fm.hash, y[va], np.full(len(va), fold))
+    valid = None if refit else Predictions(np.asarray(fm.ids)[va], names, res.valid_logits, fm.hash, y[va], np.full(len(va), part))
     test = Predictions(data.test.ids, names, res.test_logits, fm.hash) if data.test is not None else None
     if res.state_dict is not None:
-        _save_model(run.fold_dir(fold) / "model", res.state_dict, tokenizer)
+        _save_model(run.fold_dir(part) / "model", res.state_dict, tokenizer)
     record = {
         "best_epoch": res.best_epoch, "metrics": res.metrics, "history": res.history, "n_train": len(tr),
         "n_valid": len(va), "train_seconds": round(res.train_seconds, 2), "wall_seconds": round(wall, 2),
@@ -223,13 +250,12 @@ def _train_one(cfg, run: RunDir, fold: int, fm: FoldMap, data: LoadedData, train
         "micro_batch": res.micro_batch, "accum_steps": res.accum_steps, "fold_map_hash": fm.hash,
         "pid": os.getpid(), "host": socket.gethostname(),
     }
-    run.write_fold(fold, valid, test, record)
-    metric = res.metrics.get(cfg.metric, float("nan"))
+    run.write_fold(part, valid, test, record)
     span = cfg.averaged_epochs()
     chosen = f"weights averaged over epochs {span[0]}-{span[-1]}" if span else f"at epoch {res.best_epoch}/{cfg.epochs}"
-    log(f"{run.name} fold {fold}: {cfg.metric} {metric:.2f} {chosen}, "
-        f"{len(tr)} train / {len(va)} valid, {wall:.0f}s ({res.train_examples_per_s:.1f} train ex/s, "
-        f"{res.padding_share * 100:.1f}% padding)")
+    score = "" if refit else f"{cfg.metric} {res.metrics.get(cfg.metric, float('nan')):.2f} "
+    log(f"{run.name} {_part_name(part)}: {score}{chosen}, {len(tr)} train / {len(va)} valid, {wall:.0f}s "
+        f"({res.train_examples_per_s:.1f} train ex/s, {res.padding_share * 100:.1f}% padding)")
     return record
 
 

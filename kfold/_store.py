@@ -9,6 +9,8 @@ Layout of one run (variant, backbone, seed)::
     <workdir>/runs/<run>/oof.npz              assembled: one row per training id, exactly once
     <workdir>/runs/<run>/test.npz             test logits averaged over folds (+ per fold)
     <workdir>/runs/<run>/summary.json         OOF metrics and per-fold figures
+    <workdir>/runs/<run>/refit/test.npz       ``--refit``: the test logits of one model trained on every row
+    <workdir>/runs/<run>/refit/done.json      its completion record
 
 Every ``.npz`` is a :class:`Predictions`: ids, label names in order, float32 logits, and, for OOF files,
 gold labels and folds, plus the fold map hash. An ensembler needs nothing else.
@@ -32,6 +34,8 @@ from ._errors import StoreError
 from ._textio import read_json, write_atomic, write_json_atomic
 
 SCHEMA_VERSION = 1
+#: The part of a run trained on every training row after the folds (``kfold run --refit``).
+REFIT = "refit"
 #: What NumPy raises on a truncated or damaged .npz.
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
@@ -148,8 +152,9 @@ class RunDir:
     def name(self) -> str:
         return self.root.name
 
-    def fold_dir(self, fold: int) -> Path:
-        return self.root / f"fold{fold}"
+    def fold_dir(self, fold: int | str) -> Path:
+        """``fold<k>``, or ``refit`` for the model trained on every row (``kfold run --refit``)."""
+        return self.root / (REFIT if fold == REFIT else f"fold{fold}")
 
     @property
     def config_path(self) -> Path:
@@ -173,19 +178,18 @@ class RunDir:
             raise StoreError(f"{self.config_path}: field 'config': missing, expected a run config written by kfold")
         return raw
 
-    def write_fold(self, fold: int, valid: Predictions, test: Predictions | None, record: dict) -> None:
-        """Write the fold's logits, then its completion record (last, so a crash never looks complete)."""
+    def write_fold(self, fold: int | str, valid: Predictions | None, test: Predictions | None, record: dict) -> None:
+        """Write the fold's logits, then its completion record (last, so a crash never looks complete).
+        The refit (``fold="refit"``) has no validation rows, only test logits."""
         d = self.fold_dir(fold)
-        files = {"valid.npz": valid}
-        if test is not None:
-            files["test.npz"] = test
+        files = {name: pred for name, pred in (("valid.npz", valid), ("test.npz", test)) if pred is not None}
         hashes = {}
         for name, pred in files.items():
             save_predictions(d / name, pred)
             hashes[name] = file_sha256(d / name)
         write_json_atomic(d / "done.json", {**record, "fold": fold, "files": hashes})
 
-    def fold_record(self, fold: int) -> dict | None:
+    def fold_record(self, fold: int | str) -> dict | None:
         """The completion record if the fold is complete and its files match their hashes, else None.
 
         A record whose files are missing or altered raises StoreError (never silently retrained over).
@@ -207,7 +211,7 @@ class RunDir:
         return record
 
     @contextlib.contextmanager
-    def fold_lock(self, fold: int) -> Iterator[bool]:
+    def fold_lock(self, fold: int | str) -> Iterator[bool]:
         """Try to lock a fold for this process; yields False when another process holds it.
 
         An OS file lock (``flock``) is released by the kernel when its process dies, even by SIGKILL,

@@ -216,7 +216,7 @@ def _predict(model, feats: Features, batch_size: int, device: torch.device, pad_
 
 def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad_id: int, vocab_size: int | None,
                fold: int = 0, desc: str = "", log: Callable[[str], None] = print,
-               model_factory: Callable[[], RelationModel] | None = None) -> FoldResult:
+               model_factory: Callable[[], RelationModel] | None = None, keep_epoch: int | None = None) -> FoldResult:
     """Train on ``data.train``, pick the best epoch on ``data.valid`` only, predict ``data.test`` with it.
 
     Parameters
@@ -224,6 +224,8 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     cfg: the run's settings. label_names: logit column names. data: tokenised parts of this fold.
     pad_id / vocab_size: from the tokenizer (vocab_size includes added marker tokens).
     fold: the fold number (seeds training). model_factory: build the model (tests pass tiny encoders).
+    keep_epoch: with no validation rows (the refit on every row) and no ``average_epochs``, the epoch whose
+        weights are kept (default: the last).
 
     Returns
     -------
@@ -308,6 +310,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, round(cfg.warmup_ratio * total_steps)))
 
     best: tuple[float, int, np.ndarray, dict, dict | None] | None = None
+    no_rows = np.zeros((0, num_labels), dtype=np.float32)  # the refit has no validation rows to predict
     history: list[dict] = []
     train_seconds, train_rows, pad_shares = 0.0, 0, []
     nonfinite_streak = 0
@@ -356,26 +359,32 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         train_rows += len(data.train)
 
         # model selection on this fold's validation part only; the test set is never scored here
-        valid_logits, scores = evaluate(eval_model, f"epoch {epoch + 1}")
+        scored = len(data.valid) and (cfg.epoch_scores or not cfg.average_epochs)
+        valid_logits, scores = evaluate(eval_model, f"epoch {epoch + 1}") if scored else (no_rows, {})
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
-        log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f} {format_scores(scores)} ({epoch_seconds:.0f}s)")
+        shown = f" {format_scores(scores)}" if scores else ""
+        log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f}{shown} ({epoch_seconds:.0f}s)")
         if cfg.average_epochs:
             if epoch + 1 in averaged_epochs:
                 if epoch_average is None:
                     epoch_average = weight_average(model)
                 epoch_average.update_parameters(model)
-        elif best is None or better(cfg.metric, scores[cfg.metric], best[0]):
+            continue
+        # without validation rows (the refit) there is nothing to choose on: keep the epoch given, else the last
+        chosen = (epoch + 1 == (keep_epoch or cfg.epochs) if not len(data.valid)
+                  else best is None or better(cfg.metric, scores[cfg.metric], best[0]))
+        if chosen:
             last = epoch == cfg.epochs - 1
             state = None if last else {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()}
-            best = (scores[cfg.metric], epoch + 1, valid_logits, scores, state)
+            best = (scores.get(cfg.metric, float("nan")), epoch + 1, valid_logits, scores, state)
 
     if epoch_average is not None:
         eval_model = epoch_average.module
         what = f"weights averaged over epochs {averaged_epochs[0]}-{averaged_epochs[-1]}"
-        valid_logits, scores = evaluate(eval_model, what)
+        valid_logits, scores = evaluate(eval_model, what) if len(data.valid) else (no_rows, {})
         history.append({"epoch": "average", "averaged_epochs": list(averaged_epochs), **scores})
         log(f"{desc} fold {fold} {what}: {format_scores(scores)}")
-        best = (scores[cfg.metric], cfg.epochs, valid_logits, scores, None)
+        best = (scores.get(cfg.metric, float("nan")), cfg.epochs, valid_logits, scores, None)
     assert best is not None
     _, best_epoch, valid_logits, best_scores, state = best
     if state is not None:

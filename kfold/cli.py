@@ -25,7 +25,10 @@ CHECK_KEYS = ("labels", "format", "columns", "offsets", "repair_window", "no_rel
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ._config import add_config_flags
+    from submissions import FORMATS as SUBMISSION_FORMATS
+
+    from ._config import CHOICES, add_config_flags
+    from ._metrics import METRICS
 
     ap = argparse.ArgumentParser(prog="kfold", description="Stratified k-fold training of relation-extraction variants "
                                  "with out-of-fold logits for every run.")
@@ -39,8 +42,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fold", default=None, help="only these folds, e.g. 0,2 (spread folds over processes)")
     run.add_argument("--workdir", default="runs", help="run store root (default: runs)")
     run.add_argument("--config", default=None, help="JSON or TOML config file; flags override it")
+    run.add_argument("--preset", default=None, help="a shipped preset (see `kfold presets`); --config and flags override it")
     run.add_argument("--tag", default="", help="suffix for the run names (instead of the settings that differ)")
     add_config_flags(run, skip=())
+
+    auto = sub.add_parser("auto", help="the best leaderboard file within a time budget: check, probe, plan, train, "
+                          "blend, write, check (resumable)",
+                          description="Checks the data, measures this machine on it, plans the runs that fit --budget "
+                          "(strongest first, then diverse members), trains them re-planning after each, blends the "
+                          "finished runs by the best honest (nested-CV) method and writes and checks the file. "
+                          "Without --data: the generated demo data. The same command again resumes; a larger "
+                          "--budget adds runs.")
+    auto.add_argument("--budget", required=True, help="wall time for the whole command, e.g. 10m, 1.5h, 600s")
+    auto.add_argument("--format", default="auto", choices=("auto",) + SUBMISSION_FORMATS,
+                      help="leaderboard file format (auto: semeval for SemEval data, klue for KLUE, else pstage2)")
+    auto.add_argument("--out", default=None, help="the leaderboard file (default: WORKDIR/submissions/auto.csv/.txt)")
+    auto.add_argument("--workdir", default="runs", help="run store root (default: runs)")
+    auto.add_argument("--preset", default=None, help="a shipped preset for the runs (see `kfold presets`)")
+    auto.add_argument("--config", default=None, help="JSON or TOML config file; flags override it")
+    auto.add_argument("--data-format", dest="format_in", default=None, choices=CHOICES["format"],
+                      help="input format of --data/--test (default: auto)")
+    auto.add_argument("--blend-metric", default="auto", choices=("auto",) + METRICS,
+                      help="metric the blend method is chosen on (auto: semeval for directed labels, else accuracy)")
+    auto.add_argument("--test-source", default=None, choices=("folds", "refit", "both"),
+                      help="test logits of each run: its fold models, its refit (needs --refit), or both")
+    auto.add_argument("--max-runs", type=int, default=12, help="consider at most this many runs (default 12)")
+    auto.add_argument("--dry-run", action="store_true", help="probe and print the plan; train nothing")
+    add_config_flags(auto, skip=("format",))
 
     rep = sub.add_parser("report", help="OOF results table with bootstrap intervals, fold and seed spread")
     rep.add_argument("--workdir", default="runs")
@@ -56,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--out", default=None, help="output .npz (default: RUN/predict-<test stem>.npz)")
 
     sub.add_parser("variants", help="list the registered variants")
+    sub.add_parser("presets", help="list the shipped presets (measured settings per backbone and machine)")
 
     chk = sub.add_parser("check-data", help="list every problem of a data file; labels and token lengths",
                          description="Lists every problem (exit 2 when any remains), the offsets repaired, the label "
@@ -66,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="train: every row labelled; test: all blind or all labelled; blind: no labels")
     chk.add_argument("--workdir", default="runs", help="where the repairs list goes (default: runs)")
     chk.add_argument("--config", default=None, help="JSON or TOML config file (the settings of the run to check for)")
+    chk.add_argument("--preset", default=None, help="a shipped preset (see `kfold presets`)")
     chk.add_argument("--all", action="store_true", help="every problem, repair and two-window row, not the first 50")
     chk.add_argument("--no-tokens", dest="tokens", action="store_false",
                      help="skip the token lengths (no tokenizer is loaded)")
@@ -85,7 +115,7 @@ def _cmd_run(args) -> int:
     from ._variants import parse_variants
 
     overrides = overrides_from_args(args)
-    base = make_config(args.config, overrides)
+    base = make_config(args.config, overrides, args.preset)
     variants = parse_variants(args.variants) if args.variants else [base.variant]
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()] if args.backbones else [base.backbone]
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else [base.seed]
@@ -113,6 +143,50 @@ def _cmd_run(args) -> int:
             _log(f"{out.run.name}: folds {missing} not complete yet (another process, or not in --fold); "
                  "OOF is assembled when the last fold finishes")
     _log(f"majority-class accuracy on this data: {results[-1][1].majority_accuracy:.2f}")
+    return 0
+
+
+def _leaderboard_format(cfg) -> str:
+    """The leaderboard format of the data's own benchmark: semeval, klue, generic, else the competition's."""
+    from ._readers import detect_format
+    from ._textio import read_text
+
+    if not cfg.data:
+        return "pstage2"  # the demo data is written in the source competition's format
+    kind = cfg.format if cfg.format != "auto" else detect_format(Path(cfg.data), read_text(cfg.data))
+    return {"semeval": "semeval", "klue": "klue", "generic": "generic"}.get(kind, "pstage2")
+
+
+def _cmd_auto(args) -> int:
+    from ensemble.cli import DEFAULT_TEST_SOURCE
+
+    from ._auto import AutoSettings, command_line, parse_budget, run_auto
+    from ._config import load_config_file, make_config, overrides_from_args
+
+    budget = parse_budget(args.budget)
+    overrides = overrides_from_args(args, skip=("format",))
+    if args.format_in:
+        overrides["format"] = args.format_in
+    # auto scores each fold once, after the weight average (no epoch is chosen), unless asked for curves
+    overrides.setdefault("epoch_scores", False)
+    base = make_config(args.config, overrides, args.preset)
+    if base.epoch_scores is False and not base.average_epochs:
+        base = base.replace(epoch_scores=True)  # an epoch is chosen on per-epoch scores
+    fmt = args.format if args.format != "auto" else _leaderboard_format(base)
+    # without refits only the fold models predict the test rows
+    source = args.test_source or (DEFAULT_TEST_SOURCE if base.refit else "folds")
+    if source != "folds" and not base.refit:
+        raise ConfigError(f"--test-source {source} needs --refit (a model refit on every row per run)")
+    if args.max_runs < 1:
+        raise ConfigError(f"--max-runs {args.max_runs}: expected 1 or more")
+    settings = AutoSettings(base=base, budget=budget, fmt=fmt, out=args.out or "", workdir=args.workdir,
+                            blend_metric=args.blend_metric, test_source=source, max_runs=args.max_runs,
+                            fixed_folds=args.folds is not None or "folds" in (load_config_file(args.config) if args.config else {}),
+                            dry_run=args.dry_run, command=command_line())
+    result = run_auto(settings, log=_log)
+    if not args.dry_run:
+        _log(f"done in {result.seconds / 60:.1f} min of the {budget / 60:.1f} min budget: {len(result.trained)} run(s) "
+             f"trained now, {len(result.members)} blended by {result.method}" + (f" -> {result.path}" if result.path else ""))
     return 0
 
 
@@ -151,11 +225,20 @@ def _cmd_variants(_args) -> int:
     return 0
 
 
+def _cmd_presets(_args) -> int:
+    from ._config import PRESET_DIR, list_presets
+
+    for name, line in list_presets().items():
+        _log(f"{name:<12} {line}")
+    _log(f"\nuse: kfold run --preset NAME (flags and --config override it); files in {PRESET_DIR}")
+    return 0
+
+
 def _cmd_check(args) -> int:
     from ._check import check_data
     from ._config import make_config, overrides_from_args
 
-    cfg = make_config(args.config, overrides_from_args(args))
+    cfg = make_config(args.config, overrides_from_args(args), args.preset)
     return check_data(args.data, cfg, role=args.role, workdir=args.workdir, show_all=args.all, tokens=args.tokens, log=_log)
 
 
@@ -170,8 +253,8 @@ def _cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kfold``; returns the exit status (2 for bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    commands = {"run": _cmd_run, "report": _cmd_report, "predict": _cmd_predict, "variants": _cmd_variants,
-                "check-data": _cmd_check, "demo-data": _cmd_demo}
+    commands = {"run": _cmd_run, "auto": _cmd_auto, "report": _cmd_report, "predict": _cmd_predict, "variants": _cmd_variants,
+                "presets": _cmd_presets, "check-data": _cmd_check, "demo-data": _cmd_demo}
     return run_command("kfold", commands[args.command], args, "completed folds are kept, rerun the same command to resume")
 
 

@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grace", type=int, default=180, help="a trial without heartbeat for this long is failed and retried")
     s.add_argument("--sampler-seed", type=int, default=None)
     s.add_argument("--config", default=None, help="base k-fold config file")
+    s.add_argument("--preset", default=None, help="a shipped preset as the base (see `kfold presets`)")
     add_config_flags(s)
 
     b = sub.add_parser("best", help="print the best trial and write it as a `kfold run --config` file")
@@ -71,7 +72,7 @@ def _cmd_search(args) -> int:
     from ._space import load_space
     from ._study import search
 
-    base = make_config(args.config, overrides_from_args(args))
+    base = make_config(args.config, overrides_from_args(args), args.preset)
     space = load_space(args.space)
     done = search(base, _settings(args, base.metric, args.pruner), space, args.n_trials, args.timeout, log=_log)
     _log(f"this process finished {done['COMPLETE']} complete, {done['PRUNED']} pruned, {done['FAIL']} failed trial(s)")

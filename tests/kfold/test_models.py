@@ -141,15 +141,16 @@ def test_encoder_dropout_settings_reach_every_dropout_of_the_encoder(backbones, 
                 found["attention" if name.endswith("attention.self.dropout") else "hidden"].add(module.p)
         return model, found
 
-    _, found = encoder_dropouts()  # -1: the checkpoint's own 0.1
+    _, found = encoder_dropouts(backbone_dropout=-1.0, attention_dropout=-1.0)  # -1: the checkpoint's own 0.1
     assert found == {"attention": {0.1}, "hidden": {0.1}}
+    assert encoder_dropouts()[1] == {"attention": {0.0}, "hidden": {0.0}}  # the default: no encoder dropout
     model, found = encoder_dropouts(backbone_dropout=0.3, attention_dropout=0.0)
     assert found == {"attention": {0.0}, "hidden": {0.3}}
     assert model.backbone.config.hidden_dropout_prob == 0.3 and model.backbone.config.attention_probs_dropout_prob == 0.0
     # with every dropout off, training mode is deterministic; with the checkpoint's dropout it is not
     tok, batch = _batch(backbones[kind])
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    for settings, same in (({"backbone_dropout": 0.0, "attention_dropout": 0.0}, True), ({}, False)):
+    for settings, same in (({}, True), ({"backbone_dropout": -1.0, "attention_dropout": -1.0}, False)):
         torch.manual_seed(0)
         model = build_model(Config(variant="split", backbone=backbones[kind], dropout=0.0, **settings), 4, len(tok)).train()
         assert torch.equal(model(**inputs)["logits"], model(**inputs)["logits"]) is same, settings

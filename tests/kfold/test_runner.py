@@ -244,7 +244,7 @@ def test_cli_runs_variants_times_seeds_then_reports(tmp_path, demo_dir, tiny_ber
     assert main(argv) == 0
     out = capsys.readouterr().out
     per_fold = [line for line in out.splitlines() if "train ex/s" in line]
-    assert len(per_fold) == 12 and all(" at epoch 1/1, 80 train / 40 valid" in line for line in per_fold)
+    assert len(per_fold) == 12 and all(" weights averaged over epochs 1-1, 80 train / 40 valid" in line for line in per_fold)
     assert out.count(": OOF accuracy") == 4 and "majority-class accuracy on this data" in out
     assert out.count("--precision auto trains in bf16") == 1  # once per command, not once per run
     # one line per run says what it computes with; transformers' per-fold loading bar is gone

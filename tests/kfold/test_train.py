@@ -56,7 +56,7 @@ def test_training_is_bitwise_reproducible_and_seed_sensitive(fold_data, tiny_ber
 
 
 def test_best_epoch_selected_on_validation_and_history_kept(fold_data, tiny_bert):
-    res = _train(fold_data, backbone=tiny_bert, epochs=3, metric="accuracy")
+    res = _train(fold_data, backbone=tiny_bert, epochs=3, metric="accuracy", average_epochs=0)
     assert len(res.history) == 3
     best = max(range(3), key=lambda i: (res.history[i]["accuracy"], -i))
     assert res.best_epoch == best + 1
@@ -144,7 +144,8 @@ def test_ema_evaluates_and_saves_the_averaged_weights_without_changing_training(
         return built[-1]
 
     def run(ema):
-        cfg = Config(backbone=tiny_bert, epochs=epochs, batch_size=8, lr=1e-3, ema=ema, save_models=True, metric="accuracy")
+        cfg = Config(backbone=tiny_bert, epochs=epochs, batch_size=8, lr=1e-3, ema=ema, save_models=True, metric="accuracy",
+                     average_epochs=0)
         return train_fold(cfg, names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), log=lambda m: None,
                           model_factory=factory)
 
@@ -201,11 +202,12 @@ def test_average_epochs_uses_the_mean_of_the_last_epochs_weights(fold_data, tiny
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(epochs=3, average_epochs=4), r"average_epochs = 4: expected 0 \(off\) to epochs \(3\)"),
-    (dict(average_epochs=-1), r"average_epochs = -1"),
+    (dict(average_epochs=-1), r"average_epochs = -1: expected 0 \(off\) or a number of epochs"),
+    (dict(epoch_scores=False, average_epochs=0), "epoch_scores = false: the best epoch is chosen on the per-epoch"),
     (dict(epochs=3, average_epochs=2, ema=0.99), "choose one weight average"),
 ])
 def test_average_epochs_out_of_range_or_with_ema_is_refused(settings, message):
+    assert Config(epochs=2, average_epochs=3).averaged_epochs() == range(1, 3)  # fewer epochs than N: all of them
     with pytest.raises(ConfigError, match=message):
         Config(**settings)
 
@@ -258,7 +260,7 @@ def test_cpu_bf16_computes_in_bf16_learns_like_fp32_and_keeps_float32_logits(fol
             return model
 
         cfg = Config(backbone=tiny_bert, epochs=3, batch_size=8, lr=1e-3, dropout=0.0, warmup_ratio=0.0,
-                     precision=precision, device="cpu")
+                     precision=precision, device="cpu", average_epochs=0)
         res = train_fold(cfg, names, data, pad_id=tok.pad_token_id, vocab_size=len(tok), log=lambda m: None,
                          model_factory=factory)
         assert seen == {expected}
