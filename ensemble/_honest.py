@@ -91,6 +91,7 @@ class MethodResult:
     fitted: Blender
     scores: BlendScores
     seconds: float
+    honest_probs: np.ndarray  # every OOF row predicted by a copy fit on the other folds
 
 
 def compare_methods(make: Callable[[str], Blender], methods: list[str], names: list[str], logits: np.ndarray,
@@ -99,8 +100,8 @@ def compare_methods(make: Callable[[str], Blender], methods: list[str], names: l
     out = []
     for method in methods:
         t0 = time.perf_counter()
-        fitted, scores, _ = score_blend(make(method), names, logits, y, folds, metric, label_names, no_relation)
-        out.append(MethodResult(method, fitted, scores, time.perf_counter() - t0))
+        fitted, scores, honest = score_blend(make(method), names, logits, y, folds, metric, label_names, no_relation)
+        out.append(MethodResult(method, fitted, scores, time.perf_counter() - t0, honest))
     return out
 
 

@@ -6,7 +6,10 @@ import hashlib
 import time
 from pathlib import Path
 
+import numpy as np
+
 from kfold._metrics import all_scores
+from kfold._store import Predictions, save_predictions
 from kfold._textio import write_json_atomic
 from submissions import write_submission
 
@@ -18,7 +21,8 @@ def write_blend(members: Members, result: MethodResult, fmt: str, out: str | Pat
                 test_source: str = "folds", no_relation: str | None = None, force: bool = False,
                 extra: dict | None = None) -> tuple[Path, dict]:
     """Predict the test rows with a fitted blend, write the leaderboard file (checked before it replaces
-    anything) and ``<file>.manifest.json`` beside it; returns (path, manifest).
+    anything), ``<file>.oof.npz`` (the blend's honest OOF predictions) and ``<file>.manifest.json`` beside it
+    (written last); returns (path, manifest).
 
     The manifest records the method, its parameters and weights, the honest and in-sample OOF scores, the
     members, the fold map, the test source and the command, so the file can be traced to what made it.
@@ -37,5 +41,9 @@ def write_blend(members: Members, result: MethodResult, fmt: str, out: str | Pat
     }
     if members.test_y is not None and (members.test_y >= 0).all():
         manifest["test_scores_from_labelled_test_file"] = all_scores(members.test_y, probs, members.label_names, no_relation)
+    # the blend's honest OOF predictions, in the one prediction schema (log-probabilities as logits), for the report
+    logp = np.log(np.clip(result.honest_probs, 1e-12, None)).astype(np.float32)
+    save_predictions(path.with_name(path.name + ".oof.npz"),
+                     Predictions(members.ids, members.label_names, logp, members.fold_map_hash, members.y, members.folds))
     write_json_atomic(path.with_name(path.name + ".manifest.json"), manifest)
     return path, manifest

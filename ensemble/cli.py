@@ -11,7 +11,7 @@ import numpy as np
 
 from kfold._errors import ConfigError, run_command
 from kfold._metrics import METRICS, all_scores
-from submissions import FORMATS, check_submission
+from submissions import FORMATS, check_submission, predicted_labels
 
 from ._blenders import METHODS, make_blender
 from ._honest import TIE, choose_method, compare_methods
@@ -134,26 +134,13 @@ def _cmd_check(args) -> int:
     n = check_submission(args.file, args.format, [ex.id for ex in test.examples], test.label_names)
     _log(f"{args.file}: valid {args.format} file, {n} rows matching {args.test}")
     if test.labelled:
-        pred = _predicted_indices(args.file, args.format, test.label_names)
+        index = {n: i for i, n in enumerate(test.label_names)}
+        pred = [index[n] for n in predicted_labels(args.file, args.format, test.label_names)]
         scores = all_scores(test.y, np.eye(len(test.label_names))[pred], test.label_names)
         # only the predicted labels are scored, so the probability-based scores would be meaningless
         _log("scored against the labels in the test file: "
              + " ".join(f"{k} {v:.2f}" for k, v in scores.items() if k not in ("auprc", "logloss")))
     return 0
-
-
-def _predicted_indices(path: str, fmt: str, label_names) -> np.ndarray:
-    """Predicted label indices of a (checked) leaderboard file."""
-    import csv
-
-    index = {n: i for i, n in enumerate(label_names)}
-    text = Path(path).read_text(encoding="utf-8-sig")
-    if fmt == "semeval":
-        return np.array([index[line.split("\t")[1].strip()] for line in text.splitlines() if line.strip()])
-    rows = [r for r in csv.reader(text.splitlines()) if r][1:]
-    if fmt == "pstage2":
-        return np.array([int(r[0]) for r in rows])
-    return np.array([index[r[1]] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,8 @@ _EXPORTS = {
     "Predictions": "_store", "load_predictions": "_store", "save_predictions": "_store", "RunDir": "_store",
     "list_runs": "_store", "run_kfold": "_runner", "run_name": "_runner", "build_report": "_report",
     "predict_run": "_predict",
+    # notebooks (pandas)
+    "load_report": "_notebook", "load_oof": "_notebook", "suspect_labels": "_notebook",
 }
 
 __all__ = sorted(_EXPORTS)

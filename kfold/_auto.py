@@ -73,15 +73,17 @@ def parse_budget(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def _complete(workdir: str | Path, name: str, cfg: Config) -> bool:
-    run = RunDir(Path(workdir) / "runs" / name)
-    return run.oof_path.exists() and (not cfg.refit or run.fold_record(REFIT) is not None)
+def _progress(workdir: Path, cfg: Config) -> float:
+    """Share of a run's folds complete in the store: 1.0 once assembled (and refit, with --refit); a run stopped
+    by the budget or Ctrl-C has the share of its completed folds and resumes from there."""
+    from ._runner import run_name
 
-
-def _done_share(workdir: str | Path, name: str, cfg: Config) -> float:
-    """Share of a run's folds already complete (a run stopped by the budget or Ctrl-C resumes)."""
-    run = RunDir(Path(workdir) / "runs" / name)
-    return sum(run.fold_record(f) is not None for f in range(cfg.folds)) / cfg.folds if run.root.is_dir() else 0.0
+    run = RunDir(workdir / "runs" / run_name(cfg))
+    if not run.root.is_dir():
+        return 0.0
+    if run.oof_path.exists() and (not cfg.refit or run.fold_record(REFIT) is not None):
+        return 1.0
+    return sum(run.fold_record(f) is not None for f in range(cfg.folds)) / (cfg.folds + (1 if cfg.refit else 0))
 
 
 def _shape(base: Config, size: Size, speed: Speed, budget: float, workdir: Path, fixed_folds: bool, log) -> Config:
@@ -100,13 +102,15 @@ def _shape(base: Config, size: Size, speed: Speed, budget: float, workdir: Path,
     return cfg
 
 
-def _plan_lines(plan: Plan, names: dict[int, str], elapsed: float, budget: float) -> list[str]:
+def _plan_lines(plan: Plan, elapsed: float, budget: float) -> list[str]:
+    from ._runner import run_name
+
     shape = plan.runs[0].candidate.config
     out = [f"plan ({(budget - elapsed) / 60:.1f} min left; {plan.reserve:.0f} s kept for blending and the file; "
            f"each run {shape.folds} folds x {shape.epochs} epochs):"]
     for i, r in enumerate(plan.runs):
         state = {"done": "done", "run": f"~{r.seconds / 60:.1f} min", "skip": "does not fit"}[r.status]
-        out.append(f"  {i + 1:>2}. {names[i]:<48} {state:>14}  {r.candidate.why}")
+        out.append(f"  {i + 1:>2}. {run_name(r.candidate.config):<48} {state:>14}  {r.candidate.why}")
     out.append(f"  {len(plan.to_run)} run(s) to train, ~{plan.planned_seconds / 60:.1f} min")
     return out
 
@@ -138,18 +142,19 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
         f"{speed.load_seconds:.1f} s to build the model ({clock() - t0:.0f} s so far)")
     shaped = _shape(base, size, speed, settings.budget - (clock() - t0), workdir, settings.fixed_folds, log)
     cands = candidates(shaped, has_directions(data.train.label_names), data.train.has_types, settings.max_runs)
-    names = {i: run_name(c.config) for i, c in enumerate(cands)}
     result = AutoResult()
     correction, estimated, measured = 1.0, 0.0, 0.0
     first = True
+
+    def progress(cfg: Config) -> float:
+        return _progress(workdir, cfg)
+
     while True:
-        done = {n for i, n in names.items() if _complete(workdir, n, cands[i].config)}
-        partial = {n: _done_share(workdir, n, cands[i].config) for i, n in names.items() if n not in done}
         elapsed = clock() - t0
-        plan = make_plan(cands, done, names, size, speed, settings.budget - elapsed, correction, partial)
+        plan = make_plan(cands, size, speed, settings.budget - elapsed, progress, correction)
         result.plan = plan
         if first or settings.dry_run:
-            for line in _plan_lines(plan, names, elapsed, settings.budget):
+            for line in _plan_lines(plan, elapsed, settings.budget):
                 log(line)
         if settings.dry_run:
             return result
@@ -160,18 +165,18 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
         if not plan.to_run:
             break
         nxt = plan.to_run[0]
-        i = cands.index(nxt.candidate)
+        name = run_name(nxt.candidate.config)
         if not (workdir / SHAPE_FILE).exists():  # later calls (a larger budget) add runs of this shape
             write_json_atomic(workdir / SHAPE_FILE, {"folds": shaped.folds, "epochs": shaped.epochs,
                                                      "average_epochs": shaped.average_epochs})
-        log(f"run {len(result.trained) + 1}: {names[i]} (~{nxt.seconds / 60:.1f} min; {nxt.candidate.why})")
+        log(f"run {len(result.trained) + 1}: {name} (~{nxt.seconds / 60:.1f} min; {nxt.candidate.why})")
         start = clock()
         per_fold = nxt.seconds / nxt.candidate.config.folds
 
         def guard(fold: int, record: dict) -> None:
             left = settings.budget - (clock() - t0) - plan.reserve
             if fold < nxt.candidate.config.folds - 1 and per_fold > left:
-                raise BudgetReached(f"{names[i]}: fold {fold + 1} would not finish inside the budget "
+                raise BudgetReached(f"{name}: fold {fold + 1} would not finish inside the budget "
                                     f"({left / 60:.1f} min left); completed folds are kept for a larger --budget")
 
         try:
@@ -180,12 +185,13 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
             log(f"stopped: {exc}")
             break
         took = clock() - start
-        result.trained.append(names[i])
+        result.trained.append(name)
         estimated += nxt.seconds / correction
         measured += took
         correction = measured / estimated
-        log(f"{names[i]}: {took / 60:.1f} min (estimated {nxt.seconds / 60:.1f})")
-    members = [names[i] for i in range(len(cands)) if _complete(workdir, names[i], cands[i].config)]
+        log(f"{name}: {took / 60:.1f} min (estimated {nxt.seconds / 60:.1f})")
+    final = make_plan(cands, size, speed, 0.0, progress)  # what is complete now, candidate by candidate
+    members = [run_name(r.candidate.config) for r in final.runs if r.status == "done"]
     if not members:
         raise ConfigError(f"no run finished inside --budget {settings.budget / 60:.1f} min; raise it (completed folds "
                           "are kept, the same command resumes)")

@@ -47,8 +47,12 @@ def write_repairs(ds: Dataset, workdir: str | Path) -> Path | None:
     writer.writerow(["file", "row", "id", "field", "text", "old_start", "old_end", "new_start", "new_end", "moved"])
     for r in ds.repairs:
         writer.writerow([ds.path, r.row, r.id, r.field, r.text, *r.old, *r.new, r.new[0] - r.old[0]])
-    name = f"repairs-{Path(ds.path).stem or 'data'}-{ds.content_hash()[:10]}.csv"
-    return write_text_atomic(Path(workdir) / "data" / name, buf.getvalue())
+    return write_text_atomic(repairs_path(ds, workdir), buf.getvalue())
+
+
+def repairs_path(ds: Dataset, workdir: str | Path) -> Path:
+    """Where the repairs of a dataset are listed: ``<workdir>/data/repairs-<file>-<hash>.csv``."""
+    return Path(workdir) / "data" / f"repairs-{Path(ds.path).stem or 'data'}-{ds.content_hash()[:10]}.csv"
 
 
 def repair_note(ds: Dataset, listed: Path | None) -> str | None:

@@ -17,7 +17,7 @@ from ._markers import Marked, mark
 from ._schema import Dataset
 from ._textio import write_atomic
 
-CACHE_VERSION = "tok-v2"
+CACHE_VERSION = "tok-v3"
 #: Columns of ``Features.ent``.
 ENT_COLUMNS = ("subj_start", "subj_end", "subj_marker", "obj_start", "obj_end", "obj_marker")
 #: ``Features.crop`` codes: the whole sentence, one window around both entities, one window around each.
@@ -33,13 +33,15 @@ class Features:
     ``ids`` is one flat int32 array; example i is ``ids[offsets[i]:offsets[i+1]]``.
     ``ent[i]`` holds ENT_COLUMNS: entity token ranges [start, end) and the start-marker token.
     ``crop[i]``: WHOLE, ONE_WINDOW (cropped around both entities) or TWO_WINDOWS (entities too far apart:
-    a window around each, joined by the separator token).
+    a window around each, joined by the separator token). ``full[i]``: the row's length before cropping
+    (special tokens included), for the length distribution in reports.
     """
 
     ids: np.ndarray
     offsets: np.ndarray
     ent: np.ndarray
     crop: np.ndarray
+    full: np.ndarray
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -61,7 +63,7 @@ class Features:
         indices = np.asarray(indices, dtype=np.int64)
         rows = [self.row(i) for i in indices]
         ids = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32)
-        return Features(ids, _offsets([len(r) for r in rows]), self.ent[indices], self.crop[indices])
+        return Features(ids, _offsets([len(r) for r in rows]), self.ent[indices], self.crop[indices], self.full[indices])
 
 
 def _offsets(lengths) -> np.ndarray:
@@ -73,7 +75,8 @@ def concat_features(*parts: Features) -> Features:
     """The rows of ``parts`` one after the other."""
     lengths = np.concatenate([p.lengths for p in parts])
     return Features(np.concatenate([p.ids for p in parts]).astype(np.int32), _offsets(lengths),
-                    np.concatenate([p.ent for p in parts]), np.concatenate([p.crop for p in parts]))
+                    np.concatenate([p.ent for p in parts]), np.concatenate([p.crop for p in parts]),
+                    np.concatenate([p.full for p in parts]))
 
 
 def special_template(tokenizer) -> tuple[list[int], list[int]]:
@@ -150,7 +153,7 @@ def encode(dataset: Dataset, tokenizer, marker: str, max_len: int, too_far: str 
     # verbose=False: rows longer than the model maximum are cropped below, the library warning would mislead
     enc = tokenizer([m.text for m in marked], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     problems = ProblemList(dataset.path)
-    all_ids, offsets_out, ents, crops = [], [0], [], []
+    all_ids, offsets_out, ents, crops, full = [], [0], [], [], []
     for i, (m, ids, offs) in enumerate(zip(marked, enc["input_ids"], enc["offset_mapping"])):
         ex = dataset.examples[i]
         s_body, s_whole = _token_range(offs, m.subj_body), _token_range(offs, m.subj_whole)
@@ -190,9 +193,11 @@ def encode(dataset: Dataset, tokenizer, marker: str, max_len: int, too_far: str 
         ents.append((place(s_body[0]), place(s_body[1] - 1) + 1, place(s_mark),
                      place(o_body[0]), place(o_body[1] - 1) + 1, place(o_mark)))
         crops.append(WHOLE if windows == [(0, len(ids))] else ONE_WINDOW if len(windows) == 1 else TWO_WINDOWS)
+        full.append(len(ids) + len(prefix) + len(suffix))
     problems.raise_if_any()
     feats = Features(np.concatenate(all_ids) if all_ids else np.zeros(0, np.int32), np.asarray(offsets_out, dtype=np.int64),
-                     np.asarray(ents, dtype=np.int32).reshape(-1, 6), np.asarray(crops, dtype=np.int8))
+                     np.asarray(ents, dtype=np.int32).reshape(-1, 6), np.asarray(crops, dtype=np.int8),
+                     np.asarray(full, dtype=np.int32))
     return feats, int(feats.cropped.sum())
 
 
@@ -242,7 +247,7 @@ def encode_cached(dataset: Dataset, tokenizer, marker: str, max_len: int, cache_
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
-                feats = Features(z["ids"], z["offsets"], z["ent"], z["crop"])
+                feats = Features(z["ids"], z["offsets"], z["ent"], z["crop"], z["full"])
             if len(feats) == len(dataset):
                 return feats, int(feats.cropped.sum()), True
         except (OSError, ValueError, KeyError):
@@ -251,7 +256,7 @@ def encode_cached(dataset: Dataset, tokenizer, marker: str, max_len: int, cache_
 
     def _write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, ids=feats.ids, offsets=feats.offsets, ent=feats.ent, crop=feats.crop)
+            np.savez(fh, ids=feats.ids, offsets=feats.offsets, ent=feats.ent, crop=feats.crop, full=feats.full)
 
     try:
         write_atomic(path, _write)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ._config import Config
 
@@ -160,33 +161,47 @@ def candidates(base: Config, directed: bool, typed: bool, max_runs: int = 12) ->
     return out[:max_runs]
 
 
-def make_plan(cands: list[Candidate], done: set[str], names: dict[int, str], size: Size, speed: Speed,
-              remaining: float, correction: float = 1.0, partial: dict[str, float] | None = None) -> Plan:
-    """Which candidates to run in the ``remaining`` seconds: each in order, when its estimate (times
-    ``correction``, what finished runs took against their estimate) fits what is left after the runs before it
-    and the reserve for blending; candidates already complete (``done``, by run name) cost nothing, and a run
-    with a share of its folds complete (``partial``) costs the rest.
+def versions(cand: Candidate) -> list[Candidate]:
+    """The candidate, then the same with fewer epochs (down to half of them) to fill what is left of a budget."""
+    cfg = cand.config
+    out = [cand]
+    for epochs in range(cfg.epochs - 1, max(MIN_EPOCHS, math.ceil(cfg.epochs / 2)) - 1, -1):
+        out.append(Candidate(cfg.replace(epochs=epochs, average_epochs=averaged_for(epochs, cfg)),
+                             f"{cand.why}; {epochs} of {cfg.epochs} epochs to fit the budget"))
+    return out
 
-    ``names[i]`` is the run name of candidate i. Returns the plan; a candidate that does not fit is kept in it
-    as "skip" (a later, cheaper one may still fit).
+
+def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float, progress: Callable[[Config], float],
+              correction: float = 1.0) -> Plan:
+    """Which candidates to run in the ``remaining`` seconds, in order: each when its estimate (times
+    ``correction``, what finished runs took against their estimate) fits what is left after the runs before it
+    and the reserve for blending, else its longest shorter version (fewer epochs, see :func:`versions`) that fits.
+
+    ``progress(config)`` is the share of that run's folds already complete: a complete version of a candidate
+    (1.0) costs nothing and makes it "done"; a partial one costs the rest. Returns the plan; a candidate with no
+    version that fits is kept in it as "skip" (a later, cheaper one may still fit).
     """
-    partial = partial or {}
     plan = Plan()
-    members = sum(1 for i in range(len(cands)) if names[i] in done)
     budget = remaining * (1 - SAFETY)
+    chosen = []
+    for cand in cands:
+        done = next((v for v in versions(cand) if progress(v.config) >= 1.0), None)
+        chosen.append(PlannedRun(done, 0.0, "done") if done else None)
+    members = sum(1 for c in chosen if c is not None)
     used = 0.0
     for i, cand in enumerate(cands):
-        if names[i] in done:
-            plan.runs.append(PlannedRun(cand, 0.0, "done"))
+        if chosen[i] is not None:
+            plan.runs.append(chosen[i])
             continue
-        seconds = run_seconds(cand.config, size, speed) * correction * (1 - partial.get(names[i], 0.0))
-        reserve = reserve_seconds(members + 1, size)
-        if used + seconds + reserve <= budget:
-            plan.runs.append(PlannedRun(cand, seconds, "run"))
-            used += seconds
-            members += 1
-        else:
-            plan.runs.append(PlannedRun(cand, seconds, "skip"))
+        room = budget - used - reserve_seconds(members + 1, size)
+        fits = [(v, run_seconds(v.config, size, speed) * correction * (1 - progress(v.config))) for v in versions(cand)]
+        pick = next(((v, sec) for v, sec in fits if sec <= room), None)
+        if pick is None:
+            plan.runs.append(PlannedRun(cand, fits[0][1], "skip"))
+            continue
+        plan.runs.append(PlannedRun(pick[0], pick[1], "run"))
+        used += pick[1]
+        members += 1
     plan.reserve = reserve_seconds(members, size)
     plan.available = remaining
     return plan

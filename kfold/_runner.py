@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ._config import Config, environment
-from ._data import LoadedData, load_data
+from ._data import LoadedData, load_data, repairs_path
 from ._encode import Features, concat_features, crop_note, encode_cached
 from ._errors import ConfigError, StoreError
 from ._folds import FoldMap, fold_map_for
@@ -100,6 +100,22 @@ def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print
     return data, fm, tokenizer, train_feats, test_feats, hit, swapped
 
 
+def data_record(cfg: Config, data: LoadedData, feats: Features, workdir: str | Path) -> dict:
+    """What a run was trained on, for reports: the file, its rows and labels, token lengths before cropping,
+    the rows cropped to one window or split into two, and the offsets repaired."""
+    from collections import Counter
+
+    from ._encode import ONE_WINDOW, TWO_WINDOWS
+
+    train = data.train
+    repairs = repairs_path(train, workdir)
+    return {"path": train.path, "rows": len(train), "data_hash": train.content_hash(),
+            "label_counts": dict(Counter(ex.label for ex in train.examples)), "backbone": cfg.backbone,
+            "marker": cfg.marker, "max_len": cfg.max_len, "token_lengths": feats.full.tolist(),
+            "one_window": int((feats.crop == ONE_WINDOW).sum()), "two_windows": int((feats.crop == TWO_WINDOWS).sum()),
+            "repairs": len(train.repairs), "repairs_csv": str(repairs) if repairs.exists() else ""}
+
+
 @dataclass
 class Swapped:
     """Token features of the training and test rows with the entities swapped (``--augment/--tta swap``)."""
@@ -165,6 +181,8 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     _check_identity(run, cfg, data, fm)
     log(f"{run.name}: {compute_line(cfg)}")
     y = data.train.y
+    if not (run.root / "data.json").exists():
+        write_json_atomic(run.root / "data.json", data_record(cfg, data, train_feats, workdir))
     if not run.config_path.exists():
         write_json_atomic(run.config_path, {
             "run": run.name, "config": cfg.to_dict(), "versions": environment(), "label_names": list(data.train.label_names),

@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--metric", default="accuracy", help="metric to sort and compare by")
     rep.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     rep.add_argument("--no-relation", default=None, help="label left out of micro-F1 (default: detected)")
-    rep.add_argument("--out", default=None, help="folder for report.md and report.csv (default: WORKDIR/report)")
+    rep.add_argument("--out", default=None, help="folder for report.md, report.csv, report.html and suspect_labels.csv "
+                     "(default: WORKDIR/report)")
+    rep.add_argument("--open", action="store_true", help="open report.html in the default browser, when there is one")
 
     pred = sub.add_parser("predict", help="predict a new test file with a run's saved fold models (--save-models)")
     pred.add_argument("run", help="run folder, e.g. runs/runs/split-minilm-s1")
@@ -199,9 +201,18 @@ def _cmd_report(args) -> int:
         _log(f"not in the table, folds still missing (rerun their command to finish): {', '.join(unfinished)}")
     if not tables:
         raise ConfigError(f"{args.workdir}: no complete runs match '{args.runs}' (run `kfold run` first)")
-    md, table_csv, text = write_report(tables, args.metric, args.out or Path(args.workdir) / "report")
+    out = Path(args.out or Path(args.workdir) / "report")
+    md, table_csv, text = write_report(tables, args.metric, out)
     _log(text)
-    _log(f"wrote {md} and {table_csv}")
+    from ._report_html import build_html
+
+    page, suspects = build_html(args.workdir, tables, args.metric, out, log=_log)
+    _log(f"wrote {md}, {table_csv}" + (f", {suspects}" if suspects else "") + f" and {page}")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(page.resolve().as_uri()):
+            _log("no browser found; open the file above by hand")
     return 0
 
 

@@ -3,6 +3,8 @@
 Torch-free.
 """
 
-from ._formats import FORMATS, check_submission, check_text, render_submission, test_ids_of, write_submission
+from ._formats import (FORMATS, check_submission, check_text, predicted_labels, render_submission, test_ids_of,
+                       write_submission)
 
-__all__ = ["FORMATS", "check_submission", "check_text", "render_submission", "test_ids_of", "write_submission"]
+__all__ = ["FORMATS", "check_submission", "check_text", "predicted_labels", "render_submission", "test_ids_of",
+           "write_submission"]

@@ -175,3 +175,14 @@ def test_ids_of(test_file: str | Path, labels, fmt: str = "auto") -> list[str]:
 
     ds = read_dataset(test_file, labels, format=fmt, role="test", id_start=SEMEVAL_FIRST_ID)
     return [ex.id for ex in ds.examples]
+
+
+def predicted_labels(path: str | Path, fmt: str, label_names: Sequence[str]) -> list[str]:
+    """The label predicted on each row of a (checked) leaderboard file, in file order."""
+    text = read_text(path)
+    if fmt == "semeval":
+        return [line.split("\t")[1].strip() for line in split_lines(text) if line.strip()]
+    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r][1:]
+    if fmt == "pstage2":
+        return [label_names[int(r[0])] for r in rows]
+    return [r[1] for r in rows]

@@ -70,30 +70,43 @@ def write_best(study, path: str | Path) -> tuple[Path, Any]:
     return Path(path), best
 
 
-def plot(study, out_dir: str | Path) -> list[Path]:
-    """Optimisation history, parameter importance and intermediate values as PNG files."""
+def study_figures(study, names: tuple[str, ...] = ("history", "intermediate", "importance")) -> list[tuple[str, Any]]:
+    """Optuna's matplotlib figures of a study: optimisation history, intermediate values and (with two complete
+    trials that have parameters) parameter importance, as (name, figure) pairs; ``tuning plot`` saves them and
+    ``kfold report`` embeds them."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import warnings
+
     import optuna.visualization.matplotlib as vm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     plots = [("history", vm.plot_optimization_history), ("intermediate", vm.plot_intermediate_values)]
     if len(complete) >= 2 and len(complete[0].params) >= 1:
         plots.append(("importance", vm.plot_param_importances))
-    import warnings
-
+    out = []
     for name, fn in plots:
+        if name not in names:
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
             ax = fn(study)
         fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
         fig.set_size_inches(8, 5)
         fig.tight_layout()
+        out.append((name, fig))
+    return out
+
+
+def plot(study, out_dir: str | Path) -> list[Path]:
+    """Optimisation history, parameter importance and intermediate values as PNG files."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in study_figures(study):
         path = out_dir / f"{study.study_name}-{name}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)

@@ -7,7 +7,7 @@ import pytest
 from kfold._config import Config
 from kfold._errors import ConfigError
 from kfold._plan import (SAFETY, Size, Speed, averaged_for, candidates, choose_shape, make_plan, reserve_seconds,
-                         run_seconds)
+                         run_seconds, versions)
 from kfold._auto import parse_budget
 
 SIZE = Size(n_train=8000, n_test=2717)
@@ -64,32 +64,39 @@ def _cands(n=6):
     return candidates(Config(folds=3, epoch_scores=False), directed=False, typed=False, max_runs=n)
 
 
-def _names(cands):
-    return {i: f"r{i}" for i in range(len(cands))}
+def _state(table=None):
+    """progress(config) from a dict config -> share complete (Config is frozen, so it is a dict key)."""
+    table = table or {}
+    return lambda cfg: table.get(cfg, 0.0)
 
 
 def test_plan_fits_the_budget_in_candidate_order():
     cands = _cands()
     one = run_seconds(cands[0].config, SIZE, SPEED)
-    remaining = 2.5 * one + 100
-    plan = make_plan(cands, set(), _names(cands), SIZE, SPEED, remaining)
-    assert [r.status for r in plan.runs] == ["run", "run", "skip", "skip", "skip", "skip"]
+    remaining = 2.85 * one
+    plan = make_plan(cands, SIZE, SPEED, remaining, _state())
+    # two full runs fit; the third fits with 3 of its 5 epochs (the shortest version allowed is half the epochs)
+    assert [r.status for r in plan.runs] == ["run", "run", "run", "skip", "skip", "skip"]
+    assert [r.candidate.config.epochs for r in plan.to_run] == [5, 5, 3]
+    assert "3 of 5 epochs to fit the budget" in plan.to_run[2].candidate.why
     assert plan.planned_seconds + plan.reserve <= remaining * (1 - SAFETY)
-    # complete runs cost nothing; a half-done run costs half
-    plan = make_plan(cands, {"r0"}, _names(cands), SIZE, SPEED, remaining, partial={"r1": 0.5})
-    assert [r.status for r in plan.runs[:4]] == ["done", "run", "run", "skip"]
-    assert plan.runs[1].seconds == pytest.approx(one / 2)
+    # complete runs cost nothing (a complete shorter version counts too); a half-done run costs half
+    short = versions(cands[2])[1].config
+    plan = make_plan(cands, SIZE, SPEED, remaining, _state({cands[0].config: 1.0, cands[1].config: 0.5, short: 1.0}))
+    assert [r.status for r in plan.runs[:4]] == ["done", "run", "done", "run"]
+    assert plan.runs[1].seconds == pytest.approx(one / 2) and plan.runs[2].candidate.config == short
 
 
 def test_replanning_after_a_slow_run_plans_less_and_a_run_that_cannot_finish_is_not_planned():
     cands = _cands()
     one = run_seconds(cands[0].config, SIZE, SPEED)
-    remaining = 2.5 * one + 100
-    assert len(make_plan(cands, set(), _names(cands), SIZE, SPEED, remaining).to_run) == 2
-    slow = make_plan(cands, set(), _names(cands), SIZE, SPEED, remaining, correction=1.5)
-    assert len(slow.to_run) == 1 and slow.runs[0].seconds == pytest.approx(1.5 * one)
-    # less left than one run needs: nothing is started
-    assert make_plan(cands, set(), _names(cands), SIZE, SPEED, one * 0.99).to_run == []
+    remaining = 2.2 * one + 100
+    assert [r.candidate.config.epochs for r in make_plan(cands, SIZE, SPEED, remaining, _state()).to_run] == [5, 5]
+    slow = make_plan(cands, SIZE, SPEED, remaining, _state(), correction=1.5)
+    assert [r.candidate.config.epochs for r in slow.to_run] == [5] and slow.runs[0].seconds == pytest.approx(1.5 * one)
+    # less left than the shortest version of a run needs: nothing is started
+    shortest = run_seconds(versions(cands[0])[-1].config, SIZE, SPEED)
+    assert make_plan(cands, SIZE, SPEED, shortest * 0.99, _state()).to_run == []
 
 
 def test_reserve_grows_with_members_and_data():

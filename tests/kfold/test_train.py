@@ -128,7 +128,7 @@ def test_length_grouped_batches_cover_every_example_once_and_are_reproducible():
     from kfold._encode import Features
 
     feats = Features(np.zeros(int(lengths.sum()), np.int32), np.concatenate([[0], np.cumsum(lengths)]),
-                     np.zeros((1003, 6), np.int32), np.zeros(1003, bool))
+                     np.zeros((1003, 6), np.int32), np.zeros(1003, np.int8), lengths)
     random_batches = [rng.permutation(1003)[i : i + 16] for i in range(0, 1003, 16)]
     assert padding_share(feats, a) < 0.1 < padding_share(feats, random_batches)
     assert padding_share(feats, sorted_batches(lengths, 16)) <= padding_share(feats, a)  # a global sort pads least
