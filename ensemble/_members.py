@@ -72,6 +72,16 @@ def _aligned(pred: Predictions, ids: np.ndarray, what: str) -> Predictions:
 
 #: Where a member's test logits come from: the mean of its fold models, its refit on every row, or both averaged.
 TEST_SOURCES = ("folds", "refit", "both")
+#: The source used when every member has a complete refit and none is asked for (measured on SemEval: README,
+#: "Refit or fold models for the test file"); members without refits use their fold models.
+DEFAULT_TEST_SOURCE = "refit"
+
+
+def resolve_test_source(runs: list[RunDir], requested: str | None) -> str:
+    """``requested``, else DEFAULT_TEST_SOURCE when every run has a complete refit, else ``folds``."""
+    if requested:
+        return requested
+    return DEFAULT_TEST_SOURCE if runs and all(r.fold_record(REFIT) is not None for r in runs) else "folds"
 
 
 def load_members(runs: list[RunDir], need_test: bool = True, test_name: str = "test.npz",

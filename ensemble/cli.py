@@ -15,11 +15,8 @@ from submissions import FORMATS, check_submission, predicted_labels
 
 from ._blenders import METHODS, make_blender
 from ._honest import TIE, choose_method, compare_methods
-from ._members import TEST_SOURCES, load_members, select_runs
+from ._members import DEFAULT_TEST_SOURCE, TEST_SOURCES, load_members, resolve_test_source, select_runs
 from ._write import write_blend
-
-#: The test source of `ensemble blend` when none is given (measured on SemEval: README, Results).
-DEFAULT_TEST_SOURCE = "folds"
 
 
 def _log(msg: str) -> None:
@@ -53,10 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     blend.add_argument("--force", action="store_true", help="overwrite an existing output file")
     blend.add_argument("--test-name", default="test.npz", help="test predictions in each run folder: test.npz, "
                        "or predict-<file>.npz from `kfold predict`")
-    blend.add_argument("--test-source", default=DEFAULT_TEST_SOURCE, choices=TEST_SOURCES,
+    blend.add_argument("--test-source", default=None, choices=TEST_SOURCES,
                        help="each member's test logits: the mean of its fold models, its refit on every row "
-                            f"(`kfold run --refit`), or both averaged (default {DEFAULT_TEST_SOURCE}; weights are "
-                            "always fitted on OOF)")
+                            f"(`kfold run --refit`), or both averaged (default: {DEFAULT_TEST_SOURCE} when every member "
+                            "has a refit, else folds; weights are always fitted on OOF)")
 
     comp = sub.add_parser("compare", help="honest OOF score of every method on the selected runs (writes nothing)")
     members_args(comp)
@@ -83,8 +80,12 @@ def _results(args, members, methods: list[str]):
 
 
 def _cmd_blend(args) -> int:
-    members = load_members(select_runs(args.workdir, args.runs), need_test=True, test_name=args.test_name,
-                           test_source=args.test_source)
+    runs = select_runs(args.workdir, args.runs)
+    source = resolve_test_source(runs, args.test_source) if args.test_name == "test.npz" else "folds"
+    if source != "folds":
+        _log(f"test rows predicted by each member's {'refit' if source == 'refit' else 'fold models and refit'} "
+             "(--test-source; weights fitted on OOF)")
+    members = load_members(runs, need_test=True, test_name=args.test_name, test_source=source)
     if args.method == "best":  # every method scored honestly; the best honest one (a simpler one on a near-tie)
         results = _results(args, members, list(METHODS))
         _print_comparison(members, results, args.metric)
@@ -94,7 +95,7 @@ def _cmd_blend(args) -> int:
     for line in result.scores.lines():
         _log(line)
     out = Path(args.out) if args.out else Path(args.workdir) / "submissions" / f"{result.method}-{len(members.names)}members.csv"
-    path, _ = write_blend(members, result, args.format, out, metric=args.metric, test_source=args.test_source,
+    path, _ = write_blend(members, result, args.format, out, metric=args.metric, test_source=source,
                           no_relation=args.no_relation, force=args.force,
                           command=" ".join(shlex.quote(a) for a in ["ensemble"] + sys.argv[1:]))
     _log(f"wrote {path} ({len(members.test_ids)} rows, format {args.format}, method {result.method}) and "

@@ -130,6 +130,9 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
     workdir = Path(settings.workdir)
     base = settings.base
     data = load_data(base, workdir, log)
+    if data.test is None and base.refit:  # a refit only predicts the test file
+        base = base.replace(refit=False)
+        settings.test_source = "folds"
     size = Size(len(data.train), len(data.test) if data.test else 0)
     if probe is None:
         from ._probe import probe_speed
@@ -169,9 +172,11 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
         if not (workdir / SHAPE_FILE).exists():  # later calls (a larger budget) add runs of this shape
             write_json_atomic(workdir / SHAPE_FILE, {"folds": shaped.folds, "epochs": shaped.epochs,
                                                      "average_epochs": shaped.average_epochs})
-        log(f"run {len(result.trained) + 1}: {name} (~{nxt.seconds / 60:.1f} min; {nxt.candidate.why})")
+        eta = time.strftime("%H:%M", time.localtime(time.time() + nxt.seconds))
+        log(f"run {len(result.trained) + 1} of {len(result.trained) + len(plan.to_run)}: {name} (~{nxt.seconds / 60:.1f} "
+            f"min, done about {eta}; {nxt.candidate.why})")
         start = clock()
-        per_fold = nxt.seconds / nxt.candidate.config.folds
+        per_fold = run_seconds(nxt.candidate.config, size, speed) * correction / nxt.candidate.config.folds
 
         def guard(fold: int, record: dict) -> None:
             left = settings.budget - (clock() - t0) - plan.reserve

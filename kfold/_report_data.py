@@ -99,22 +99,43 @@ class Suspect:
 
 
 def confident_suspects(y: np.ndarray, probs: np.ndarray, ids, label_names) -> list[Suspect]:
-    """Confident learning (Northcutt et al. 2021, cleanlab's confident joint): each label j gets the threshold
-    t_j = the mean predicted probability of j over the rows labelled j. A row's confident label is the most
-    probable of the labels whose probability reaches their threshold; a row whose confident label is not its
-    given label is a suspect. Sorted by the probability of the given label, lowest first (self-confidence)."""
+    """Likely label errors by confident learning (Northcutt et al. 2021; cleanlab's confident joint, calibrated,
+    pruned by noise rate), with per-label thresholds rather than one fixed probability.
+
+    Each label j gets the threshold t_j = the mean predicted probability of j over the rows labelled j. A row's
+    confident label is the most probable of the labels whose probability reaches their threshold; counting
+    rows by (given label, confident label) gives the confident joint, whose rows are scaled to the label counts
+    (rows with no confident label are not lost to the estimate). For every given label i and other label j, that
+    many rows labelled i are flagged: those with the largest margin p_j - p_i. Returned most suspicious first
+    (lowest probability of the given label).
+    """
     probs = np.asarray(probs, dtype=np.float64)
-    c = probs.shape[1]
+    n, c = probs.shape
     thresholds = np.full(c, np.inf)
     for j in range(c):
         if (y == j).any():
             thresholds[j] = probs[y == j, j].mean()
     above = probs >= thresholds[None, :]
-    masked = np.where(above, probs, -1.0)
-    confident = masked.argmax(1)
-    rows = np.flatnonzero(above.any(1) & (confident != y))
-    out = [Suspect(str(ids[i]), label_names[y[i]], label_names[confident[i]], float(probs[i, confident[i]]),
-                   float(probs[i, y[i]])) for i in rows]
+    confident = np.where(above, probs, -1.0).argmax(1)
+    counted = above.any(1)
+    joint = confusion(y[counted], confident[counted], c)
+    per_label = np.bincount(y, minlength=c).astype(np.float64)
+    calibrated = np.divide(joint * per_label[:, None], joint.sum(1, keepdims=True),
+                           out=np.zeros_like(joint), where=joint.sum(1, keepdims=True) > 0)
+    suggested, margin = np.full(n, -1), np.full(n, -np.inf)
+    for i in range(c):
+        rows = np.flatnonzero(y == i)
+        for j in range(c):
+            k = int(round(calibrated[i, j])) if j != i else 0
+            if k <= 0:
+                continue
+            gap = probs[rows, j] - probs[rows, i]
+            top = rows[np.argsort(-gap, kind="stable")[:k]]
+            better = (probs[top, j] - probs[top, i]) > margin[top]
+            suggested[top[better]], margin[top[better]] = j, (probs[top, j] - probs[top, i])[better]
+    flagged = np.flatnonzero((suggested >= 0) & (margin > 0))
+    out = [Suspect(str(ids[r]), label_names[y[r]], label_names[suggested[r]], float(probs[r, suggested[r]]),
+                   float(probs[r, y[r]])) for r in flagged]
     return sorted(out, key=lambda s: (s.p_given, -s.p_predicted))
 
 

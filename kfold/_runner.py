@@ -252,13 +252,14 @@ def _train_one(cfg, run: RunDir, part: int | str, fm: FoldMap, data: LoadedData,
     fdata = fold_data(cfg, tr, va, y, train_feats, test_feats, swapped)
     t0 = time.perf_counter()
     res = train_fold(cfg, data.train.label_names, fdata, pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
-                     fold=cfg.folds if refit else part, desc=run.name + (" refit" if refit else ""), log=log,
+                     fold=cfg.folds if refit else part, desc=run.name, where=f"{run.name} {_part_name(part)}", log=log,
                      keep_epoch=keep,
                      model_factory=(lambda: model_factory(cfg, len(data.train.label_names), len(tokenizer))) if model_factory else None)
     wall = time.perf_counter() - t0
     names = data.train.label_names
     valid = None if refit else Predictions(np.asarray(fm.ids)[va], names, res.valid_logits, fm.hash, y[va], np.full(len(va), part))
-    test = Predictions(data.test.ids, names, res.test_logits, fm.hash) if data.test is not None else None
+    # the test file's labels (-1 for blind rows) travel with the logits, so a blend of refits can be scored too
+    test = Predictions(data.test.ids, names, res.test_logits, fm.hash, data.test.y) if data.test is not None else None
     if res.state_dict is not None:
         _save_model(run.fold_dir(part) / "model", res.state_dict, tokenizer)
     record = {

@@ -216,7 +216,8 @@ def _predict(model, feats: Features, batch_size: int, device: torch.device, pad_
 
 def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad_id: int, vocab_size: int | None,
                fold: int = 0, desc: str = "", log: Callable[[str], None] = print,
-               model_factory: Callable[[], RelationModel] | None = None, keep_epoch: int | None = None) -> FoldResult:
+               model_factory: Callable[[], RelationModel] | None = None, keep_epoch: int | None = None,
+               where: str = "") -> FoldResult:
     """Train on ``data.train``, pick the best epoch on ``data.valid`` only, predict ``data.test`` with it.
 
     Parameters
@@ -226,6 +227,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     fold: the fold number (seeds training). model_factory: build the model (tests pass tiny encoders).
     keep_epoch: with no validation rows (the refit on every row) and no ``average_epochs``, the epoch whose
         weights are kept (default: the last).
+    where: how log lines and errors name this training (default ``"<desc> fold <fold>"``).
 
     Returns
     -------
@@ -240,6 +242,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     -------
     >>> res = train_fold(Config(epochs=1), names, FoldData(tr, ytr, va, yva), pad_id=0, vocab_size=None)  # doctest: +SKIP
     """
+    where = where or f"{desc} fold {fold}"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -282,7 +285,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         """Logits and scores of this fold's validation rows (model selection sees nothing else)."""
         logits = predict_views(m, data.valid, data.valid_swapped, data.swap_perm, cfg.eval_batch_size, device, pad_id, dtype)
         if not np.isfinite(logits).all():
-            raise TrainingError(f"{desc} fold {fold} {what}: validation logits are not finite")
+            raise TrainingError(f"{where} {what}: validation logits are not finite")
         return logits, all_scores(data.y_valid, softmax(logits), label_names, cfg.no_relation or None)
 
     micro = math.ceil(cfg.batch_size / cfg.grad_accum)
@@ -322,7 +325,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         else:
             batches = shuffled_batches(len(data.train), cfg.batch_size, epoch_seed)
         pad_shares.append(padding_share(data.train, [m for b in batches for m in split_micro(b, micro)]))
-        bar = tqdm(batches, desc=f"{desc} fold {fold} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        bar = tqdm(batches, desc=f"{where} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    file=sys.stderr, disable=None, dynamic_ncols=True)
         losses = []
         t0 = time.perf_counter()
@@ -338,7 +341,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
                 # in fp16 an overflow is the scaler's to handle (it skips the step and lowers the scale);
                 # anywhere else, or when it keeps happening, the run is broken
                 if dtype != torch.float16 or nonfinite_streak > 8:
-                    raise TrainingError(f"{desc} fold {fold} epoch {epoch + 1} step {step + 1}: loss is {step_loss} "
+                    raise TrainingError(f"{where} epoch {epoch + 1} step {step + 1}: loss is {step_loss} "
                                         f"(lower --lr, check the data, or use --precision bf16/fp32)")
             else:
                 nonfinite_streak = 0
@@ -363,7 +366,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         valid_logits, scores = evaluate(eval_model, f"epoch {epoch + 1}") if scored else (no_rows, {})
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
         shown = f" {format_scores(scores)}" if scores else ""
-        log(f"{desc} fold {fold} epoch {epoch + 1}: loss {np.mean(losses):.4f}{shown} ({epoch_seconds:.0f}s)")
+        log(f"{where} epoch {epoch + 1}: loss {np.mean(losses):.4f}{shown} ({epoch_seconds:.0f}s)")
         if cfg.average_epochs:
             if epoch + 1 in averaged_epochs:
                 if epoch_average is None:
@@ -383,7 +386,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         what = f"weights averaged over epochs {averaged_epochs[0]}-{averaged_epochs[-1]}"
         valid_logits, scores = evaluate(eval_model, what) if len(data.valid) else (no_rows, {})
         history.append({"epoch": "average", "averaged_epochs": list(averaged_epochs), **scores})
-        log(f"{desc} fold {fold} {what}: {format_scores(scores)}")
+        log(f"{where} {what}" + (f": {format_scores(scores)}" if scores else ""))
         best = (scores.get(cfg.metric, float("nan")), cfg.epochs, valid_logits, scores, None)
     assert best is not None
     _, best_epoch, valid_logits, best_scores, state = best
@@ -394,7 +397,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         test_logits = predict_views(eval_model, data.test, data.test_swapped, data.swap_perm, cfg.eval_batch_size,
                                     device, pad_id, dtype)
         if not np.isfinite(test_logits).all():
-            raise TrainingError(f"{desc} fold {fold}: test logits are not finite")
+            raise TrainingError(f"{where}: test logits are not finite")
     return FoldResult(
         valid_logits=valid_logits, test_logits=test_logits, best_epoch=best_epoch, metrics=best_scores,
         history=history, train_seconds=train_seconds, train_examples_per_s=train_rows / max(train_seconds, 1e-9),

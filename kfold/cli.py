@@ -160,7 +160,7 @@ def _leaderboard_format(cfg) -> str:
 
 
 def _cmd_auto(args) -> int:
-    from ensemble.cli import DEFAULT_TEST_SOURCE
+    from ensemble._members import DEFAULT_TEST_SOURCE
 
     from ._auto import AutoSettings, command_line, parse_budget, run_auto
     from ._config import load_config_file, make_config, overrides_from_args
@@ -169,8 +169,10 @@ def _cmd_auto(args) -> int:
     overrides = overrides_from_args(args, skip=("format",))
     if args.format_in:
         overrides["format"] = args.format_in
-    # auto scores each fold once, after the weight average (no epoch is chosen), unless asked for curves
+    # auto scores each fold once, after the weight average (no epoch is chosen), unless asked for curves; and
+    # refits every run on all rows for the test file (README: measured on SemEval), unless --no-refit
     overrides.setdefault("epoch_scores", False)
+    overrides.setdefault("refit", True)
     base = make_config(args.config, overrides, args.preset)
     if base.epoch_scores is False and not base.average_epochs:
         base = base.replace(epoch_scores=True)  # an epoch is chosen on per-epoch scores

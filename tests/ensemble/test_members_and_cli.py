@@ -120,3 +120,27 @@ def test_compare_refuses_unknown_methods(store, capsys):
     workdir, _ = store
     assert main(["compare", "--workdir", str(workdir), "--methods", "soft,avg"]) == 2
     assert "unknown method 'avg'" in capsys.readouterr().err
+
+
+def test_choose_method_takes_the_best_honest_score_and_the_simpler_on_a_near_tie():
+    from ensemble._honest import SIMPLICITY, TIE, choose_method
+
+    assert choose_method({"soft": 80.0, "weighted": 80.4, "stack": 81.0}, "accuracy") == "stack"
+    assert choose_method({"soft": 80.96, "weighted": 81.0, "stack": 80.99}, "accuracy") == "soft"  # within 0.05
+    assert choose_method({"soft": 80.0, "weighted": 80.0 + TIE + 0.01}, "accuracy") == "weighted"
+    assert choose_method({"soft": 0.60, "stack": 0.50}, "logloss") == "stack"  # lower is better
+    assert choose_method({"caruana": 70.0, "hard": 70.0}, "accuracy") == "hard"
+    assert SIMPLICITY[0] == "soft" and SIMPLICITY[-1] == "stack"
+
+
+def test_blend_method_best_writes_the_method_compare_chooses(store, capsys):
+    workdir, _ = store
+    assert main(["compare", "--workdir", str(workdir)]) == 0
+    chosen = [line for line in capsys.readouterr().out.splitlines() if line.startswith("chosen: ")]
+    assert len(chosen) == 1
+    out = workdir / "best.csv"
+    assert main(["blend", "--workdir", str(workdir), "--method", "best", "--out", str(out), "--format", "generic"]) == 0
+    manifest = json.loads(out.with_name("best.csv.manifest.json").read_text())
+    assert manifest["method"] == chosen[0].split()[1]
+    oof = np.load(out.with_name("best.csv.oof.npz"))  # the blend's honest OOF predictions, in the store's schema
+    assert oof["logits"].shape == (90, 3) and np.allclose(np.exp(oof["logits"]).sum(1), 1, atol=1e-4)

@@ -167,8 +167,24 @@ def test_tiny_end_to_end_auto_on_demo_data_writes_a_valid_file(tmp_path, tiny_be
     assert "valid pstage2 file, 200 rows" in capsys.readouterr().out
     manifest = json.loads(out.with_name("sub.csv.manifest.json").read_text())
     assert manifest["budget_seconds"] == 120 and manifest["members"]
-    # each member is a complete run of the store; the same command again trains nothing more
-    assert all(RunDir(tmp_path / "w" / "runs" / m).oof_path.exists() for m in manifest["members"])
+    # each member is a complete run of the store with its refit, which predicts the test rows by default
+    from kfold._store import REFIT
+
+    assert manifest["test_source"] == "refit"
+    assert all(RunDir(tmp_path / "w" / "runs" / m).fold_record(REFIT) is not None for m in manifest["members"])
+    # the same command again trains nothing more
     assert main(argv) == 0
     again = capsys.readouterr().out
-    assert "run 1:" not in again and "0 run(s) to train" in again
+    assert "run 1 of" not in again and "0 run(s) to train" in again
+
+
+def test_without_a_test_file_auto_blends_and_reports_but_writes_no_file(demo_dir, tmp_path):
+    clock = FakeClock()
+    trainer = FakeTrainer(clock, demo_dir)
+    settings = _settings(demo_dir, tmp_path, 2.6 * _one_run(demo_dir, 3) + 200)
+    settings.base = settings.base.replace(test="")
+    lines = []
+    res = run_auto(settings, clock=clock, train=trainer, probe=lambda cfg: SPEED, log=lines.append)
+    assert res.path is None and res.method and len(res.members) >= 2
+    assert "no --test file: no leaderboard file written (the honest OOF scores above are the result)" in lines
+    assert not (tmp_path / "w" / "submissions").exists()
