@@ -96,9 +96,12 @@ def _shape(base: Config, size: Size, speed: Speed, budget: float, workdir: Path,
         return base.replace(**shape)
     cfg = choose_shape(base, size, speed, budget, base.folds if fixed_folds else None)
     if cfg is None:
-        smallest = base.replace(folds=2, epochs=MIN_EPOCHS, average_epochs=1 if base.average_epochs else 0)
-        raise ConfigError(f"--budget {budget / 60:.1f} min: the smallest plan (2 folds x {MIN_EPOCHS} epoch of {base.variant}) "
-                          f"needs about {run_seconds(smallest, size, speed) / 60:.1f} min on this machine; raise --budget")
+        smallest = base.replace(folds=2, epochs=MIN_EPOCHS, average_epochs=1 if base.average_epochs else 0, refit=False)
+        raise ConfigError(f"--budget {budget / 60:.1f} min: the smallest plan (2 folds x {MIN_EPOCHS} epoch of {base.variant}"
+                          f"{', no refit' if base.refit else ''}) needs about {run_seconds(smallest, size, speed) / 60:.1f} "
+                          "min on this machine; raise --budget")
+    if base.refit and not cfg.refit:
+        log("no time for a full-data refit in this budget: the fold models predict the test file")
     return cfg
 
 
@@ -171,7 +174,7 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
         name = run_name(nxt.candidate.config)
         if not (workdir / SHAPE_FILE).exists():  # later calls (a larger budget) add runs of this shape
             write_json_atomic(workdir / SHAPE_FILE, {"folds": shaped.folds, "epochs": shaped.epochs,
-                                                     "average_epochs": shaped.average_epochs})
+                                                     "average_epochs": shaped.average_epochs, "refit": shaped.refit})
         eta = time.strftime("%H:%M", time.localtime(time.time() + nxt.seconds))
         log(f"run {len(result.trained) + 1} of {len(result.trained) + len(plan.to_run)}: {name} (~{nxt.seconds / 60:.1f} "
             f"min, done about {eta}; {nxt.candidate.why})")

@@ -89,30 +89,43 @@ def auprc_weighted(y: np.ndarray, probs: np.ndarray, weights: np.ndarray | None 
     The curve has a point per distinct score plus (recall 0, precision 1), integrated with trapezoids,
     as KLUE's sklearn ``precision_recall_curve`` + ``auc``. Classes with no positive row are left out.
     ``weights`` [B, n] gives one score per row of weights (bootstrap); None scores the rows once.
+
+    Only the runs of tied scores that hold a positive row add area (elsewhere recall does not move), so
+    per class the weights are summed in blocks between those runs instead of accumulated row by row.
     """
     y = np.asarray(y)
     probs = np.asarray(probs, dtype=np.float64)
-    w = np.ones((1, len(y))) if weights is None else np.asarray(weights, dtype=np.float64)
-    areas, counted = np.zeros(len(w)), np.zeros(len(w))
+    n = len(y)
+    # rows x resamples, float32: half the memory traffic of the per-class gather; resample counts stay exact
+    wt = np.ones((n, 1), np.float32) if weights is None else np.ascontiguousarray(np.asarray(weights, np.float32).T)
+    areas, counted = np.zeros(wt.shape[1]), np.zeros(wt.shape[1])
+    zero = np.zeros((1, wt.shape[1]))
     for c in range(probs.shape[1]):
-        pos = (y == c).astype(np.float64)
+        pos = y == c
         if not pos.any():
             continue
         order = np.argsort(-probs[:, c], kind="mergesort")
-        scores = probs[order, c]
-        last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # end of each run of tied scores
-        wo = w[:, order]
-        tp = np.cumsum(wo * pos[order], axis=1)[:, last]
-        seen = np.cumsum(wo, axis=1)[:, last]
-        total_pos = tp[:, -1:]
-        precision = np.divide(tp, seen, out=np.ones_like(tp), where=seen > 0)
-        recall = np.divide(tp, total_pos, out=np.zeros_like(tp), where=total_pos > 0)
-        precision = np.concatenate([np.ones((len(w), 1)), precision], axis=1)
-        recall = np.concatenate([np.zeros((len(w), 1)), recall], axis=1)
-        area = np.sum(np.diff(recall, axis=1) * (precision[:, 1:] + precision[:, :-1]) / 2.0, axis=1)
-        has = total_pos[:, 0] > 0
-        areas += np.where(has, area, 0.0)
-        counted += has
+        scores, pos_sorted = probs[order, c], pos[order]
+        first = np.r_[True, scores[1:] != scores[:-1]]  # first row of each run of tied scores
+        starts = np.flatnonzero(first)
+        runs = np.unique(np.cumsum(first)[pos_sorted] - 1)  # the runs holding a positive row
+        a, b = starts[runs], np.r_[starts[1:], n][runs]  # rows [a, b) of each, in score order
+        ws = wt[order]
+        cuts = np.unique(np.r_[a, b])
+        cuts = cuts[(cuts > 0) & (cuts < n)]
+        # weight of the rows before x, for x in (0, cuts..., n)
+        seen_at = np.vstack([zero, np.cumsum(np.add.reduceat(ws, np.r_[0, cuts], axis=0), axis=0, dtype=np.float64)])
+        at = np.r_[0, cuts, n]
+        hits = np.flatnonzero(pos_sorted)
+        tp_at = np.vstack([zero, np.cumsum(ws[hits], axis=0, dtype=np.float64)])  # positive weight before the k-th hit
+        tp_a, tp_b = tp_at[np.searchsorted(hits, a)], tp_at[np.searchsorted(hits, b)]
+        seen_a, seen_b = seen_at[np.searchsorted(at, a)], seen_at[np.searchsorted(at, b)]
+        total = tp_at[-1]
+        prec_a = np.divide(tp_a, seen_a, out=np.ones_like(tp_a), where=seen_a > 0)
+        prec_b = np.divide(tp_b, seen_b, out=np.ones_like(tp_b), where=seen_b > 0)
+        area = np.sum((tp_b - tp_a) * (prec_a + prec_b) / 2.0, axis=0) / np.where(total > 0, total, 1.0)
+        areas += np.where(total > 0, area, 0.0)
+        counted += total > 0
     return np.divide(areas, counted, out=np.zeros_like(areas), where=counted > 0) * 100.0
 
 
@@ -152,6 +165,8 @@ def metric_fn(metric: str, label_names: Sequence[str], no_relation: str | None =
               ) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray | float]:
     """A function ``(y, probs, weights=None)`` for a named metric: a float, or one score per weight row.
 
+    Its attribute ``from_cm`` scores a (stack of) confusion matrices for the metrics that only need one (None for
+    auprc and logloss), so that callers scoring several metrics build the matrices once.
     ``no_relation`` is the label micro_f1 leaves out (default: the first of 관계_없음 / no_relation /
     Other / NA present) and the type semeval leaves out.
     """
@@ -177,6 +192,7 @@ def metric_fn(metric: str, label_names: Sequence[str], no_relation: str | None =
             out = from_cm[metric](confusion(y, np.asarray(probs).argmax(1), k, weights))
         return float(np.asarray(out).reshape(-1)[0]) if weights is None else out
 
+    fn.from_cm = from_cm.get(metric)
     return fn
 
 

@@ -111,7 +111,8 @@ def choose_shape(base: Config, size: Size, speed: Speed, budget: float, fixed_fo
                  ) -> Config | None:
     """Folds and epochs for the runs of a budget: k = 5 when RUNS_FOR_FIVE_FOLDS runs of the base fit, else 3,
     else 2 when one full run fits; else the most epochs (down to MIN_EPOCHS) with which a 3-fold, else a 2-fold
-    run fits; None when nothing fits.
+    run fits; else the same without the full-data refit (the fold models then predict the test file); None when
+    nothing fits.
 
     ``fixed_folds``: the workdir already has a fold map with this k (runs share one fold map).
 
@@ -131,6 +132,8 @@ def choose_shape(base: Config, size: Size, speed: Speed, budget: float, fixed_fo
             cfg = base.replace(folds=k, epochs=epochs, average_epochs=averaged_for(epochs, base))
             if run_seconds(cfg, size, speed) <= usable:
                 return cfg
+    if base.refit:
+        return choose_shape(base.replace(refit=False), size, speed, budget, fixed_folds)
     return None
 
 

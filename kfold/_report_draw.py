@@ -36,9 +36,11 @@ def cjk_font() -> str | None:
     return next((name for name in CJK_FONTS if name in installed), None)
 
 
-def _png(fig) -> bytes:
+def _png(fig, tight: bool = True) -> bytes:
+    """PNG bytes; ``tight`` crops to the drawn area, which draws the figure twice (figures with a fixed layout,
+    drawn many times per page, skip it)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight" if tight else None)
     _plt().close(fig)
     return buf.getvalue()
 
@@ -109,12 +111,16 @@ def curves(run: str, folds: list[Curve], metric: str) -> bytes:
     ax1.set_title(f"{run}: training loss", fontsize=8)
     ax2.set_title(f"validation {metric}" if any(m is not None for c in folds for m in c.metric)
                   else "validation not scored per epoch (--no-epoch-scores)", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=6)
-    return _png(fig)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.17, top=0.88, wspace=0.2)
+    return _png(fig, tight=False)
 
 
 def weights(blend: BlendInfo) -> bytes:

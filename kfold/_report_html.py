@@ -62,11 +62,13 @@ def _label_rows(rows: list[LabelScore]) -> list[list]:
     return [[r.label, f"{r.precision:.2f}", f"{r.recall:.2f}", f"{r.f1:.2f}", r.support] for r in rows]
 
 
-def build_html(workdir: str | Path, tables, metric: str, out_dir: str | Path, *, log: Callable[[str], None] = print
-               ) -> tuple[Path, Path | None]:
+def build_html(workdir: str | Path, tables, metric: str, out_dir: str | Path, *, curves: int | None = 12,
+               log: Callable[[str], None] = print) -> tuple[Path, Path | None]:
     """Write ``report.html`` (and ``suspect_labels.csv`` when there are OOF predictions) under ``out_dir``.
 
-    ``tables`` are ``build_report``'s rows per fold map (best run first). Returns the two paths.
+    ``tables`` are ``build_report``'s rows per fold map (best run first); ``curves`` is how many of each
+    map's best runs get training curves (None: all; each chart costs a few tenths of a second to draw).
+    Returns the two paths.
     """
     workdir, out_dir = Path(workdir), Path(out_dir)
     body: dict[str, str] = {}
@@ -85,7 +87,7 @@ def build_html(workdir: str | Path, tables, metric: str, out_dir: str | Path, *,
                                        [[g, p, n, f"{s:.0f}%"] for g, p, n, s in c.top]))
     else:
         body["confusions"] = _absent("no OOF predictions")
-    body["curves"] = _curves(workdir, tables, metric)
+    body["curves"] = _curves(workdir, tables, metric, curves)
     suspects_path = None
     if oof is not None:
         body["suspects"], csv_text = _suspects(best, oof, same_map)
@@ -143,14 +145,22 @@ def _labels(best: str, oof, same_map: list[BlendInfo]) -> str:
     return "".join(parts)
 
 
-def _curves(workdir: Path, tables, metric: str) -> str:
-    parts = []
+def _curves(workdir: Path, tables, metric: str, limit: int | None) -> str:
+    parts, left = [], []
     for rows in tables:
-        for r in rows:
+        for n, r in enumerate(rows):
+            if limit is not None and n >= limit:
+                left.append(r.run)
+                continue
             folds = training_curves(RunDir(workdir / "runs" / r.run), metric)
             if folds and any(c.epochs for c in folds):
                 parts.append(_img(draw.curves(r.run, folds, metric), f"training curves of {r.run}"))
-    return "".join(parts) or _absent("no fold recorded its epochs")
+    if not parts:
+        return _absent("no fold recorded its epochs")
+    if left:
+        parts.append(f"<p>Drawn for the {limit} best runs of each fold map; not drawn for {len(left)} more "
+                     f"(`kfold report --curves all` draws every run's): {html.escape(', '.join(left))}.</p>")
+    return "".join(parts)
 
 
 def _suspects(best: RunDir, oof, same_map: list[BlendInfo]) -> tuple[str, str]:

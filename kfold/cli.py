@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="folder for report.md, report.csv, report.html and suspect_labels.csv "
                      "(default: WORKDIR/report)")
     rep.add_argument("--open", action="store_true", help="open report.html in the default browser, when there is one")
+    rep.add_argument("--curves", default="12", help="training curves drawn per fold map: the N best runs' (default 12), "
+                     "or 'all'")
 
     pred = sub.add_parser("predict", help="predict a new test file with a run's saved fold models (--save-models)")
     pred.add_argument("run", help="run folder, e.g. runs/runs/split-minilm-s1")
@@ -208,7 +210,7 @@ def _cmd_report(args) -> int:
     _log(text)
     from ._report_html import build_html
 
-    page, suspects = build_html(args.workdir, tables, args.metric, out, log=_log)
+    page, suspects = build_html(args.workdir, tables, args.metric, out, curves=_curves_limit(args.curves), log=_log)
     _log(f"wrote {md}, {table_csv}" + (f", {suspects}" if suspects else "") + f" and {page}")
     if args.open:
         import webbrowser
@@ -216,6 +218,15 @@ def _cmd_report(args) -> int:
         if not webbrowser.open(page.resolve().as_uri()):
             _log("no browser found; open the file above by hand")
     return 0
+
+
+def _curves_limit(value: str) -> int | None:
+    """--curves: a count of runs, or None for 'all'."""
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise ConfigError(f"--curves: found '{value}', expected a number of runs or 'all'")
+    return int(value)
 
 
 def _cmd_predict(args) -> int:

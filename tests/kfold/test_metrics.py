@@ -72,11 +72,14 @@ def test_auprc_hand_case():
     assert _klue_auprc(np.array([0, 1, 0]), probs) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("metric", ["accuracy", "micro_f1", "macro_f1", "auprc"])
-def test_weighted_scores_equal_duplicated_rows(metric):
+def test_weighted_scores_equal_duplicated_rows(metric, ties):
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 60)
     probs = rng.dirichlet(np.ones(4), 60)
+    if ties:  # runs of tied scores holding positives and negatives, some rows weighted 0
+        probs = probs.round(1)
     names = ["no_relation", "b", "c", "d"]
     fn = metric_fn(metric, names)
     w = rng.integers(0, 3, 60).astype(float)

@@ -47,6 +47,19 @@ def test_shape_prefers_five_folds_then_three_then_fewer_epochs():
     assert [averaged_for(e, base) for e in (1, 2, 3, 4, 5)] == [1, 1, 2, 2, 3]
 
 
+def test_choose_shape_drops_the_refit_before_refusing():
+    base = Config(epoch_scores=False, refit=True)
+    smallest = base.replace(folds=2, epochs=1, average_epochs=1)
+    usable = (run_seconds(smallest.replace(refit=False), SIZE, SPEED) + reserve_seconds(3, SIZE)) / (1 - SAFETY)
+    assert run_seconds(smallest, SIZE, SPEED) > usable  # with its refit the smallest run does not fit
+    shaped = choose_shape(base, SIZE, SPEED, budget=usable * 1.01)
+    assert (shaped.folds, shaped.epochs, shaped.refit) == (2, 1, False)
+    with_refit = choose_shape(base, SIZE, SPEED, budget=(run_seconds(smallest, SIZE, SPEED) + reserve_seconds(3, SIZE))
+                              / (1 - SAFETY) * 1.01)
+    assert with_refit.refit and with_refit.epochs == 1
+    assert choose_shape(base, SIZE, SPEED, budget=usable * 0.99) is None
+
+
 def test_candidates_start_with_the_strongest_then_diverse_then_seeds():
     base = Config(folds=3)
     plain = candidates(base, directed=False, typed=False, max_runs=8)

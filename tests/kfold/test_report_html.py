@@ -253,3 +253,12 @@ def test_notebook_functions_return_dataframes(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"pip install 'rekfold\[notebook\]'"):
         kfold.load_oof(tmp_path, "share-m-s1")
+
+
+def test_curves_limit_names_the_runs_left_out(full_store, capsys):
+    assert main(["report", "--workdir", str(full_store), "--bootstrap", "20", "--curves", "1"]) == 0
+    page = _parse(full_store / "report" / "report.html")
+    assert sum(alt.startswith("training curves of") for _, alt, _ in page.images) == 1
+    assert "not drawn for 1 more" in page.sections["curves"]
+    assert main(["report", "--workdir", str(full_store), "--curves", "some"]) == 2
+    assert "--curves: found 'some'" in capsys.readouterr().err
