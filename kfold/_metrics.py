@@ -30,12 +30,17 @@ def confusion(y: np.ndarray, pred: np.ndarray, num_labels: int, weights: np.ndar
         len(weights), num_labels, num_labels)
 
 
-def _f1(tp, n_pred, n_true):
-    """Elementwise F1 from counts (0 where undefined)."""
+def precision_recall_f1(tp, n_pred, n_true) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Elementwise precision, recall and F1 (fractions) from counts (0 where undefined)."""
     tp, n_pred, n_true = (np.asarray(a, dtype=np.float64) for a in (tp, n_pred, n_true))
     p = np.divide(tp, n_pred, out=np.zeros_like(tp), where=n_pred > 0)
     r = np.divide(tp, n_true, out=np.zeros_like(tp), where=n_true > 0)
-    return np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
+    return p, r, np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
+
+
+def _f1(tp, n_pred, n_true):
+    """Elementwise F1 from counts (0 where undefined)."""
+    return precision_recall_f1(tp, n_pred, n_true)[2]
 
 
 def accuracy_cm(cm: np.ndarray) -> np.ndarray:

@@ -66,14 +66,13 @@ def suspect_labels(workdir: str | Path = "runs", metric: str = "accuracy"):
     ``p_given``, most suspicious first."""
     pd = _pandas()
     from ._report import build_report
-    from ._report_data import blends, confident_suspects, oof_probs, same_fold_map, suspect_source
+    from ._report_data import blends, likely_label_errors, same_fold_map
 
     tables = build_report(workdir, "*", metric, n_boot=10)
     if not tables:
         raise ConfigError(f"{workdir}: no complete runs (run `kfold run` first)")
     best = tables[0][0].run
     oof = load_predictions(RunDir(Path(workdir) / "runs" / best).oof_path)
-    pred, _ = suspect_source(best, oof, same_fold_map(blends(workdir, oof.label_names), oof))
-    found = confident_suspects(pred.y, oof_probs(pred), pred.ids, pred.label_names)
+    found, _ = likely_label_errors(best, oof, same_fold_map(blends(workdir, oof.label_names), oof))
     return pd.DataFrame([{"id": s.id, "given_label": s.given, "predicted_label": s.predicted,
                           "p_predicted": s.p_predicted, "p_given": s.p_given} for s in found])

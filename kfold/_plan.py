@@ -186,9 +186,11 @@ def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float
     """
     plan = Plan()
     budget = remaining * (1 - SAFETY)
+    # each version's share complete, read from the store once per plan
+    shares = [[(v, progress(v.config)) for v in versions(cand)] for cand in cands]
     chosen = []
-    for cand in cands:
-        done = next((v for v in versions(cand) if progress(v.config) >= 1.0), None)
+    for vs in shares:
+        done = next((v for v, share in vs if share >= 1.0), None)
         chosen.append(PlannedRun(done, 0.0, "done") if done else None)
     members = sum(1 for c in chosen if c is not None)
     used = 0.0
@@ -197,7 +199,7 @@ def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float
             plan.runs.append(chosen[i])
             continue
         room = budget - used - reserve_seconds(members + 1, size)
-        fits = [(v, run_seconds(v.config, size, speed) * correction * (1 - progress(v.config))) for v in versions(cand)]
+        fits = [(v, run_seconds(v.config, size, speed) * correction * (1 - share)) for v, share in shares[i]]
         pick = next(((v, sec) for v, sec in fits if sec <= room), None)
         if pick is None:
             plan.runs.append(PlannedRun(cand, fits[0][1], "skip"))

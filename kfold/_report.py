@@ -145,7 +145,8 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
                      fold_minutes=_fold_minutes(run), extra={"metric": metric, "majority": majority})
         return row, dist_of_metric
 
-    # numpy's sorts, gathers and sums release the GIL: runs are scored side by side, one per core
+    # runs scored side by side: only numpy's larger sorts, gathers and sums release the GIL, so on 2 cores this
+    # gains little (benchmarks/report_speed.py, 50 runs: 28.0 s against 29.3 s with one worker)
     with ThreadPoolExecutor(max_workers=max(1, min(len(members), os.cpu_count() or 1))) as pool:
         done = list(pool.map(scored, members))
     rows = [row for row, _ in done]

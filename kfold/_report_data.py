@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._metrics import confusion, softmax
+from ._metrics import confusion, precision_recall_f1, softmax
 from ._store import Predictions, RunDir, load_predictions
 from ._textio import read_json
 
@@ -33,10 +33,8 @@ class LabelScore:
 def per_label(y: np.ndarray, pred: np.ndarray, label_names) -> list[LabelScore]:
     """Scores per label from gold and predicted indices, sorted by F1 (worst first)."""
     cm = confusion(y, pred, len(label_names))
-    tp, n_pred, n_true = np.diag(cm), cm.sum(0), cm.sum(1)
-    p = np.divide(tp, n_pred, out=np.zeros_like(tp), where=n_pred > 0)
-    r = np.divide(tp, n_true, out=np.zeros_like(tp), where=n_true > 0)
-    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
+    n_true = cm.sum(1)
+    p, r, f = precision_recall_f1(np.diag(cm), cm.sum(0), n_true)
     rows = [LabelScore(name, p[i] * 100, r[i] * 100, f[i] * 100, int(n_true[i])) for i, name in enumerate(label_names)]
     return sorted(rows, key=lambda s: (s.f1, -s.support))
 
@@ -232,3 +230,10 @@ def suspect_source(best_run: str, oof: Predictions, comparable: list[BlendInfo])
         b = max(comparable, key=lambda b: b.honest)
         return b.oof, f"blend {b.file} (honest OOF)"
     return oof, f"best run {best_run}"
+
+
+def likely_label_errors(best_run: str, oof: Predictions, comparable: list[BlendInfo]) -> tuple[list[Suspect], str]:
+    """Confident-learning suspects of the report (and the notebook's ``suspect_labels``), with where they come
+    from (see :func:`suspect_source`)."""
+    pred, what = suspect_source(best_run, oof, comparable)
+    return confident_suspects(pred.y, oof_probs(pred), pred.ids, pred.label_names), what

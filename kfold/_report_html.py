@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 
 from . import _report_draw as draw
-from ._report_data import (BlendInfo, DataInfo, LabelScore, blends, confident_suspects, confusions, data_info,
-                           oof_probs, per_label, same_fold_map, suspect_source, suspects_csv, training_curves)
+from ._report_data import (BlendInfo, DataInfo, LabelScore, blends, confusions, data_info, likely_label_errors,
+                           per_label, same_fold_map, suspects_csv, training_curves)
 from ._store import RunDir, load_predictions
 from ._textio import write_text_atomic
 
@@ -164,12 +164,11 @@ def _curves(workdir: Path, tables, metric: str, limit: int | None) -> str:
 
 
 def _suspects(best: RunDir, oof, same_map: list[BlendInfo]) -> tuple[str, str]:
-    pred, what = suspect_source(best.name, oof, same_map)
-    found = confident_suspects(pred.y, oof_probs(pred), pred.ids, pred.label_names)
+    found, what = likely_label_errors(best.name, oof, same_map)
     sentences, why = _sentences(best)
     rows = [[s.id, sentences.get(s.id, ""), s.given, s.predicted, f"{s.p_predicted:.2f}", f"{s.p_given:.2f}"]
             for s in found[:30]]
-    note = f"<p>{len(found)} of {len(pred.ids)} training rows flagged, from the {html.escape(what)}; the 30 most " \
+    note = f"<p>{len(found)} of {len(oof.ids)} training rows flagged, from the {html.escape(what)}; the 30 most " \
            "confident below, every one in suspect_labels.csv.</p>" + (f"<p>{html.escape(why)}</p>" if why else "")
     table = _table(["id", "sentence ([E1] subject, [E2] object)", "given label", "predicted", "p(predicted)", "p(given)"],
                    rows) if rows else "<p>No row is flagged.</p>"
