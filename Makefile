@@ -23,10 +23,13 @@ demo: venv
 	$(VENV)/bin/ensemble blend --workdir $(DEMO) --method soft --format pstage2 --out $(DEMO)/submission.csv --force
 	$(VENV)/bin/ensemble check $(DEMO)/submission.csv --format pstage2 --test $(DEMO)/demo-data/test_gold.tsv
 
+# lint-imports: the layer contract in pyproject.toml (arrows only point down; only public names cross packages)
 test: venv
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: venv
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

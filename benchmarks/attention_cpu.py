@@ -23,15 +23,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from kfold._batching import collate, length_grouped_batches  # noqa: E402
-from kfold._config import Config  # noqa: E402
-from kfold._encode import encode_cached  # noqa: E402
-from kfold._losses import RelationLoss  # noqa: E402
-from kfold._markers import marker_tokens  # noqa: E402
-from kfold._optim import param_groups  # noqa: E402
-from kfold._readers import read_dataset  # noqa: E402
-from kfold._models import load_tokenizer  # noqa: E402
-from kfold._train import _autocast, build_model, predict  # noqa: E402
+from kfold.core.config import Config  # noqa: E402
+from kfold.data._readers import read_dataset  # noqa: E402
+from kfold.encoding._batching import collate, length_grouped_batches  # noqa: E402
+from kfold.encoding._encode import encode_cached  # noqa: E402
+from kfold.encoding._markers import marker_tokens  # noqa: E402
+from kfold.encoding._tokenizer import load_tokenizer  # noqa: E402
+from kfold.model._losses import RelationLoss  # noqa: E402
+from kfold.model._optim import param_groups  # noqa: E402
+from kfold.training._train import _autocast, build_model, predict  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval2010_task8"
 #: arm name -> Config settings

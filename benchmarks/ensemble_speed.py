@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble import honest_oof, make_blender  # noqa: E402
-from kfold._metrics import score  # noqa: E402
+from kfold.core.metrics import score  # noqa: E402
 
 TARGETS = {"soft": 1.0, "weighted": 10.0, "caruana": 10.0, "stack": 60.0}
 

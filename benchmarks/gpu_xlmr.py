@@ -59,10 +59,10 @@ def main(argv=None) -> int:
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from kfold._batching import length_grouped_batches
-    from kfold._losses import RelationLoss
-    from kfold._models import RelationModel, enable_checkpointing
-    from kfold._variants import get_variant
+    from kfold.core.variants import get_variant
+    from kfold.encoding._batching import length_grouped_batches
+    from kfold.model._losses import RelationLoss
+    from kfold.model._models import RelationModel, enable_checkpointing
 
     device = torch.device(args.device)
     if device.type == "cuda":

@@ -29,10 +29,10 @@ DATA = ROOT.parent / "shared" / "data" / "semeval2010_task8"
 
 
 def _features(n: int, max_len: int):
-    from kfold._encode import encode
-    from kfold._markers import marker_tokens
-    from kfold._models import load_tokenizer
-    from kfold._readers import read_dataset
+    from kfold.data._readers import read_dataset
+    from kfold.encoding._encode import encode
+    from kfold.encoding._markers import marker_tokens
+    from kfold.encoding._tokenizer import load_tokenizer
 
     ds = read_dataset(DATA / "train.tsv", DATA / "label.txt", format="semeval")
     ds = ds.subset(np.random.default_rng(0).permutation(len(ds))[:n])
@@ -61,10 +61,10 @@ def _fixed_batch(feats, idx, pad_id, max_len, y=None):
 def run_arm(arm: str, n_train: int, n_infer: int, batch_size: int, eval_batch_size: int, max_len: int) -> dict:
     import torch
 
-    from kfold._batching import collate, length_grouped_batches, padding_share, sorted_batches
-    from kfold._config import Config
-    from kfold._losses import RelationLoss
-    from kfold._train import build_model
+    from kfold.core.config import Config
+    from kfold.encoding._batching import collate, length_grouped_batches, padding_share, sorted_batches
+    from kfold.model._losses import RelationLoss
+    from kfold.training._train import build_model
 
     torch.manual_seed(0)
     ds, tok, feats = _features(max(n_train, n_infer), max_len)

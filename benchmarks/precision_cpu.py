@@ -33,13 +33,13 @@ DATA = ROOT.parent / "shared" / "data" / "semeval2010_task8"
 def run_arm(precision: str, variant: str, n_train: int, n_infer: int, batch_size: int) -> dict:
     import torch
 
-    from kfold._config import Config
-    from kfold._encode import encode
-    from kfold._markers import marker_tokens
-    from kfold._models import load_tokenizer
-    from kfold._readers import read_dataset
-    from kfold._metrics import softmax
-    from kfold._train import FoldData, build_model, pick_precision, predict, train_fold
+    from kfold.core.config import Config
+    from kfold.core.metrics import softmax
+    from kfold.data._readers import read_dataset
+    from kfold.encoding._encode import encode
+    from kfold.encoding._markers import marker_tokens
+    from kfold.encoding._tokenizer import load_tokenizer
+    from kfold.training._train import FoldData, build_model, pick_precision, predict, train_fold
 
     ds = read_dataset(DATA / "train.tsv", DATA / "label.txt", format="semeval")
     ds = ds.subset(np.random.default_rng(0).permutation(len(ds))[: n_train + n_infer])
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     if args.arm:
         print(json.dumps(run_arm(args.arm, args.variant, args.n_train, args.n_infer, args.batch_size)))
         return 0
-    from kfold._train import cpu_has_native_bf16
+    from kfold.training._train import cpu_has_native_bf16
 
     rows = {"fp32": [], "bf16": []}
     rest = list(argv if argv is not None else sys.argv[1:])

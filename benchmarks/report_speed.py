@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kfold._store import Predictions, RunDir, save_predictions  # noqa: E402
-from kfold._textio import write_json_atomic  # noqa: E402
 from kfold.cli import main  # noqa: E402
+from kfold.core.store import Predictions, RunDir, save_predictions  # noqa: E402
+from kfold.core.textio import write_json_atomic  # noqa: E402
 
 
 def make_store(root: Path, runs: int, rows: int, labels: int, folds: int, seed: int = 0) -> None:

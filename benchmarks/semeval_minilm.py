@@ -27,14 +27,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kfold._config import Config  # noqa: E402
-from kfold._encode import encode_cached  # noqa: E402
-from kfold._markers import marker_tokens  # noqa: E402
-from kfold._metrics import all_scores, softmax  # noqa: E402
-from kfold._models import load_tokenizer  # noqa: E402
-from kfold._readers import read_dataset  # noqa: E402
-from kfold._runner import fold_data, swapped_features  # noqa: E402
-from kfold._train import train_fold  # noqa: E402
+from kfold.core.config import Config  # noqa: E402
+from kfold.core.metrics import all_scores, softmax  # noqa: E402
+from kfold.data._readers import read_dataset  # noqa: E402
+from kfold.encoding._encode import encode_cached  # noqa: E402
+from kfold.encoding._markers import marker_tokens  # noqa: E402
+from kfold.encoding._tokenizer import load_tokenizer  # noqa: E402
+from kfold.training._runner import fold_data, swapped_features  # noqa: E402
+from kfold.training._train import train_fold  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval2010_task8"
 
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         if cfg.tta == "swap":  # what the same model scores on the written reading alone
             import torch
 
-            from kfold._train import build_model, predict
+            from kfold.training._train import build_model, predict
 
             model = build_model(cfg, len(train.label_names), len(tok))
             model.load_state_dict(res.state_dict)

@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     default_s = time.perf_counter() - t0
     study = open_study(StudySettings(study="klue-lr-ls", workdir=str(work)), create=False)
     print("\n".join(summary_lines(study)))
-    from kfold._config import Config
-    from kfold._runner import run_name
+    from kfold.core.config import Config
+    from kfold.training._runner import run_name
 
     default_cfg = Config(data=str(data), folds=args.folds, epochs=args.epochs, batch_size=args.batch_size, max_len=256,
                          marker="typed_entity_marker_punct")

@@ -15,8 +15,8 @@ from scipy.optimize import minimize, minimize_scalar
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from kfold._errors import ConfigError, unknown_name
-from kfold._metrics import METRICS, metric_fn, softmax
+from kfold.core.errors import ConfigError, unknown_name
+from kfold.core.metrics import METRICS, metric_fn, softmax
 
 _EPS = 1e-12
 

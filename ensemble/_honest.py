@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from sklearn.base import clone
 
-from kfold._metrics import metric_fn, sign, softmax
+from kfold.core.metrics import metric_fn, sign, softmax
 
 from ._blenders import Blender
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kfold._errors import ConfigError, StoreError
-from kfold._store import REFIT, Predictions, RunDir, list_runs, load_predictions
+from kfold.core.errors import ConfigError, StoreError
+from kfold.core.store import REFIT, Predictions, RunDir, list_runs, load_predictions
 
 
 @dataclass

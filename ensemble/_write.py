@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kfold._metrics import all_scores
-from kfold._store import Predictions, save_predictions
-from kfold._textio import write_json_atomic
+from kfold.core.metrics import all_scores
+from kfold.core.store import Predictions, save_predictions
+from kfold.core.textio import write_json_atomic
 from submissions import write_submission
 
 from ._honest import MethodResult

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kfold._errors import ConfigError, run_command
-from kfold._metrics import METRICS, all_scores
+from kfold.core.errors import ConfigError, run_command
+from kfold.core.metrics import METRICS, all_scores
 from submissions import FORMATS, check_submission, predicted_labels
 
 from ._blenders import METHODS, make_blender
@@ -129,7 +129,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from kfold._readers import read_dataset
+    from kfold.data import read_dataset
 
     test = read_dataset(args.test, args.labels, role="test", id_start=8001)
     n = check_submission(args.file, args.format, [ex.id for ex in test.examples], test.label_names)

@@ -1,49 +1,53 @@
-"""kfold: data readers, entity markers, R-BERT variant models, the training loop, the fold runner and the
-run store.
+"""kfold: stratified k-fold training of relation-extraction variants with out-of-fold logits for every run.
 
-Public names are re-exported lazily, so ``import kfold`` (and the torch-free ``ensemble`` and
-``submissions`` packages, which use the store and metrics) do not import torch until a model is needed.
+The package is a pipeline in layers, each a subpackage that imports only the ones below it (the import-linter
+contract in ``pyproject.toml`` checks it; README, "How the code is laid out")::
+
+    kfold.cli                      the ``kfold`` command
+    kfold.auto | kfold.report      ``kfold auto`` (planner + loop); the results table, HTML page, notebook API
+    ensemble | tuning              blends and leaderboard files; Optuna studies (packages of their own)
+    kfold.training                 the fold loop, fold maps, the runner, prediction, the probe
+    kfold.model                    backbones, relation heads, losses, optimiser groups
+    kfold.encoding                 markers, tokenizer, token features and windows, batches, check-data
+    submissions                    leaderboard file formats and their checker
+    kfold.data                     example schema, readers, validation and repair, labels, demo data, swap
+    kfold.core                     errors, text I/O, run config, variant registry, metrics, run store
+
+Public names are re-exported lazily, so ``import kfold`` (and the torch-free ``ensemble`` and ``submissions``
+packages, which use the store and metrics) do not import torch until a model is needed.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kfold.core.exports import lazy_exports
 
 _EXPORTS = {
     # errors
-    "ToolkitError": "_errors", "DataError": "_errors", "ConfigError": "_errors", "StoreError": "_errors",
-    "TrainingError": "_errors",
+    "ToolkitError": "kfold.core.errors", "DataError": "kfold.core.errors", "ConfigError": "kfold.core.errors",
+    "StoreError": "kfold.core.errors", "TrainingError": "kfold.core.errors",
     # data
-    "Span": "_schema", "Example": "_schema", "Dataset": "_schema", "read_dataset": "_readers",
-    "read_label_file": "_labels", "write_demo_data": "_demo", "load_data": "_data",
+    "Span": "kfold.data", "Example": "kfold.data", "Dataset": "kfold.data", "read_dataset": "kfold.data",
+    "read_label_file": "kfold.data", "write_demo_data": "kfold.data", "load_data": "kfold.data",
     # markers and tokenisation
-    "MARKERS": "_markers", "mark": "_markers", "encode": "_encode", "Features": "_encode",
+    "MARKERS": "kfold.core.config", "mark": "kfold.encoding", "encode": "kfold.encoding", "Features": "kfold.encoding",
+    "load_tokenizer": "kfold.encoding",
     # variants, models, losses
-    "Variant": "_variants", "register": "_variants", "get_variant": "_variants", "list_variants": "_variants",
-    "RelationModel": "_models", "load_backbone": "_models", "load_tokenizer": "_models", "RelationLoss": "_losses",
+    "Variant": "kfold.core.variants", "register": "kfold.core.variants", "get_variant": "kfold.core.variants",
+    "list_variants": "kfold.core.variants", "RelationModel": "kfold.model", "load_backbone": "kfold.model",
+    "RelationLoss": "kfold.model",
     # config, metrics
-    "Config": "_config", "make_config": "_config", "METRICS": "_metrics", "score": "_metrics", "all_scores": "_metrics",
+    "Config": "kfold.core.config", "make_config": "kfold.core.config", "METRICS": "kfold.core.metrics",
+    "score": "kfold.core.metrics", "all_scores": "kfold.core.metrics",
     # training, folds, store, runner, report
-    "train_fold": "_train", "FoldData": "_train", "FoldResult": "_train", "length_grouped_batches": "_batching",
-    "find_micro_batch": "_batching", "FoldMap": "_folds", "make_fold_map": "_folds", "load_fold_map": "_folds",
-    "Predictions": "_store", "load_predictions": "_store", "save_predictions": "_store", "RunDir": "_store",
-    "list_runs": "_store", "run_kfold": "_runner", "run_name": "_runner", "build_report": "_report",
-    "predict_run": "_predict",
+    "train_fold": "kfold.training", "FoldData": "kfold.training", "FoldResult": "kfold.training",
+    "length_grouped_batches": "kfold.encoding", "find_micro_batch": "kfold.encoding", "FoldMap": "kfold.training",
+    "make_fold_map": "kfold.training", "load_fold_map": "kfold.training", "Predictions": "kfold.core.store",
+    "load_predictions": "kfold.core.store", "save_predictions": "kfold.core.store", "RunDir": "kfold.core.store",
+    "list_runs": "kfold.core.store", "run_kfold": "kfold.training", "run_name": "kfold.training",
+    "build_report": "kfold.report", "predict_run": "kfold.training",
     # notebooks (pandas)
-    "load_report": "_notebook", "load_oof": "_notebook", "suspect_labels": "_notebook",
+    "load_report": "kfold.report", "load_oof": "kfold.report", "suspect_labels": "kfold.report",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'kfold' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._errors import ConfigError, run_command
+from kfold.core.errors import ConfigError, run_command
 
 
 def _log(msg: str) -> None:
@@ -25,10 +25,9 @@ CHECK_KEYS = ("labels", "format", "columns", "offsets", "repair_window", "no_rel
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kfold.core.config import CHOICES, add_config_flags
+    from kfold.core.metrics import METRICS
     from submissions import FORMATS as SUBMISSION_FORMATS
-
-    from ._config import CHOICES, add_config_flags
-    from ._metrics import METRICS
 
     ap = argparse.ArgumentParser(prog="kfold", description="Stratified k-fold training of relation-extraction variants "
                                  "with out-of-fold logits for every run.")
@@ -114,9 +113,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
-    from ._config import make_config, overrides_from_args
-    from ._runner import run_kfold
-    from ._variants import parse_variants
+    from kfold.core.config import make_config, overrides_from_args
+    from kfold.core.variants import parse_variants
+    from kfold.training import run_kfold
 
     overrides = overrides_from_args(args)
     base = make_config(args.config, overrides, args.preset)
@@ -124,7 +123,7 @@ def _cmd_run(args) -> int:
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()] if args.backbones else [base.backbone]
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else [base.seed]
     folds = _int_list(args.fold, "--fold") if args.fold else None
-    from ._train import pick_device, precision_note
+    from kfold.training import pick_device, precision_note
 
     note = precision_note(base.precision, pick_device(base.device))  # once: precision/device are not per variant
     if note:
@@ -136,7 +135,7 @@ def _cmd_run(args) -> int:
                 cfg = base.replace(variant=variant, backbone=backbone, seed=seed)
                 outcome = run_kfold(cfg, args.workdir, folds=folds, tag=args.tag, log=_log)
                 results.append((cfg, outcome))
-    from ._metrics import format_scores
+    from kfold.core.metrics import format_scores
 
     _log("")
     for cfg, out in results:
@@ -152,8 +151,8 @@ def _cmd_run(args) -> int:
 
 def _leaderboard_format(cfg) -> str:
     """The leaderboard format of the data's own benchmark: semeval, klue, generic, else the competition's."""
-    from ._readers import detect_format
-    from ._textio import read_text
+    from kfold.core.textio import read_text
+    from kfold.data import detect_format
 
     if not cfg.data:
         return "pstage2"  # the demo data is written in the source competition's format
@@ -162,10 +161,9 @@ def _leaderboard_format(cfg) -> str:
 
 
 def _cmd_auto(args) -> int:
-    from ensemble._members import DEFAULT_TEST_SOURCE
-
-    from ._auto import AutoSettings, command_line, parse_budget, run_auto
-    from ._config import load_config_file, make_config, overrides_from_args
+    from ensemble import DEFAULT_TEST_SOURCE
+    from kfold.auto import AutoSettings, command_line, parse_budget, run_auto
+    from kfold.core.config import load_config_file, make_config, overrides_from_args
 
     budget = parse_budget(args.budget)
     overrides = overrides_from_args(args, skip=("format",))
@@ -197,7 +195,7 @@ def _cmd_auto(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from ._report import build_report, incomplete_runs, write_report
+    from kfold.report import build_report, incomplete_runs, write_report
 
     tables = build_report(args.workdir, args.runs, args.metric, args.bootstrap, no_relation=args.no_relation)
     unfinished = incomplete_runs(args.workdir, args.runs)
@@ -208,7 +206,7 @@ def _cmd_report(args) -> int:
     out = Path(args.out or Path(args.workdir) / "report")
     md, table_csv, text = write_report(tables, args.metric, out)
     _log(text)
-    from ._report_html import build_html
+    from kfold.report import build_html
 
     page, suspects = build_html(args.workdir, tables, args.metric, out, curves=_curves_limit(args.curves), log=_log)
     _log(f"wrote {md}, {table_csv}" + (f", {suspects}" if suspects else "") + f" and {page}")
@@ -230,7 +228,7 @@ def _curves_limit(value: str) -> int | None:
 
 
 def _cmd_predict(args) -> int:
-    from ._predict import predict_run
+    from kfold.training import predict_run
 
     path = predict_run(args.run, args.test, args.out, log=_log)
     _log(f"wrote {path} (blend it with: ensemble blend --test-name {path.name})")
@@ -238,7 +236,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_variants(_args) -> int:
-    from ._variants import COMBINES, list_variants
+    from kfold.core.variants import COMBINES, list_variants
 
     for v in list_variants():
         src = f"  [source table: {v.source}]" if v.source else ""
@@ -250,7 +248,7 @@ def _cmd_variants(_args) -> int:
 
 
 def _cmd_presets(_args) -> int:
-    from ._config import PRESET_DIR, list_presets
+    from kfold.core.config import PRESET_DIR, list_presets
 
     for name, line in list_presets().items():
         _log(f"{name:<12} {line}")
@@ -259,15 +257,15 @@ def _cmd_presets(_args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from ._check import check_data
-    from ._config import make_config, overrides_from_args
+    from kfold.core.config import make_config, overrides_from_args
+    from kfold.encoding import check_data
 
     cfg = make_config(args.config, overrides_from_args(args), args.preset)
     return check_data(args.data, cfg, role=args.role, workdir=args.workdir, show_all=args.all, tokens=args.tokens, log=_log)
 
 
 def _cmd_demo(args) -> int:
-    from ._demo import write_demo_data
+    from kfold.data import write_demo_data
 
     path = write_demo_data(args.out, args.n_train, args.n_test, args.seed)
     _log(f"wrote demo data to {path.parent}")

@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from kfold._errors import DataError, StoreError, data_error, unknown_name
-from kfold._textio import read_text, split_lines, write_text_atomic
+from kfold.core.errors import DataError, StoreError, data_error, unknown_name
+from kfold.core.textio import read_text, split_lines, write_text_atomic
 
 FORMATS = ("pstage2", "klue", "semeval", "generic")
 SEMEVAL_FIRST_ID = 8001
@@ -171,7 +171,7 @@ def _check_probs(path: str, row: int, field: str, probs, names: list[str], label
 
 def test_ids_of(test_file: str | Path, labels, fmt: str = "auto") -> list[str]:
     """Ids of a test file in file order (SemEval files: 8001...)."""
-    from kfold._readers import read_dataset
+    from kfold.data import read_dataset
 
     ds = read_dataset(test_file, labels, format=fmt, role="test", id_start=SEMEVAL_FIRST_ID)
     return [ex.id for ex in ds.examples]

@@ -33,7 +33,7 @@ def tiny_bert(tiny_dir) -> str:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """The generated demo data (small), shared read-only by tests."""
-    from kfold._demo import write_demo_data
+    from kfold.data._demo import write_demo_data
 
     out = tmp_path_factory.mktemp("demo")
     write_demo_data(out, n_train=120, n_test=30, seed=7)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kfold._store import Predictions, RunDir, save_predictions
-from kfold._textio import write_json_atomic
+from kfold.core.store import Predictions, RunDir, save_predictions
+from kfold.core.textio import write_json_atomic
 
 
 def fake_run(workdir: Path, name: str, oof_logits: np.ndarray, y: np.ndarray, folds: np.ndarray,

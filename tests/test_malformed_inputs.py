@@ -133,7 +133,7 @@ def _store(d, kind):
     names = ("a0", "a1", "a2")
     fake_run(d / "w", "a", rng.normal(size=(20, 3)), y, folds, names, rng.normal(size=(5, 3)))
     if kind == "nan_store":
-        from kfold._store import Predictions, save_predictions
+        from kfold.core.store import Predictions, save_predictions
 
         z = rng.normal(size=(20, 3)).astype(np.float32)
         z[2, 1] = np.nan
@@ -150,8 +150,8 @@ def _store(d, kind):
 def _edited_fold_map(d):
     (d / "t.tsv").write_text(GOOD + GOOD2, encoding="utf-8")
     (d / "label_type.pkl").write_bytes(LABELS)
-    from kfold._folds import fold_map_for
-    from kfold._readers import read_dataset
+    from kfold.data._readers import read_dataset
+    from kfold.training._folds import fold_map_for
 
     fm = fold_map_for(d / "w", read_dataset(d / "t.tsv"), 2, 42, log=lambda m: None)
     raw = json.loads(open(fm.path, encoding="utf-8").read())

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from kfold._readers import read_dataset
+from kfold.data._readers import read_dataset
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def test_klue_subset_reads_with_types_and_offsets():
 
 
 def test_packaged_minilm_loads_without_random_weights(caplog):
-    from kfold._models import load_backbone
+    from kfold.model._models import load_backbone
 
     with caplog.at_level(logging.WARNING):
         model, has_pooler = load_backbone("minilm", want_pooler=True)
@@ -44,9 +44,9 @@ def test_packaged_minilm_loads_without_random_weights(caplog):
 
 
 def test_short_kfold_run_on_a_klue_sample_with_minilm(tmp_path):
-    from kfold._config import Config
-    from kfold._runner import run_kfold
-    from kfold._store import load_predictions
+    from kfold.core.config import Config
+    from kfold.core.store import load_predictions
+    from kfold.training._runner import run_kfold
 
     folder = shared_data("klue_re_subset")
     lines = (folder / "train_subset.jsonl").read_text(encoding="utf-8").splitlines()
@@ -67,9 +67,9 @@ def test_short_kfold_run_on_a_klue_sample_with_minilm(tmp_path):
 
 def test_demo_data_is_learned_well_above_the_majority_class(tmp_path):
     """The embedded default (generated demo data + packaged MiniLM) must learn: OOF accuracy far above majority."""
-    from kfold._config import Config
-    from kfold._demo import write_demo_data
-    from kfold._runner import run_kfold
+    from kfold.core.config import Config
+    from kfold.data._demo import write_demo_data
+    from kfold.training._runner import run_kfold
 
     train = write_demo_data(tmp_path / "demo", n_train=400, n_test=20, seed=11)
     cfg = Config(data=str(train), test=str(tmp_path / "demo" / "test.tsv"), folds=2, epochs=5, lr=2e-4, batch_size=16)

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from ensemble.cli import main as ensemble_main
-from kfold._config import Config
-from kfold._data import load_data
-from kfold._errors import DataError
-from kfold._readers import read_dataset
 from kfold.cli import main as kfold_main
+from kfold.core.config import Config
+from kfold.core.errors import DataError
+from kfold.data._load import load_data
+from kfold.data._readers import read_dataset
 from submissions import check_submission
 from tests.fakes import fake_run
 

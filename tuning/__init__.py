@@ -1,9 +1,31 @@
 """tuning: Optuna studies over learning rate and label smoothing (or a space file) whose trials are
-k-fold runs, with folds as pruning steps; resumable (SQLite) and distributed (any Optuna RDB URL)."""
+k-fold runs, with folds as pruning steps; resumable (SQLite) and distributed (any Optuna RDB URL).
 
-from ._space import DEFAULT_SPACE, load_space, suggest
-from ._study import StudySettings, open_study, queue_trials, search
-from ._views import best_config, plot, summary_lines, trial_rows, write_best
+Imports ``kfold.training`` (a trial is ``run_kfold``) and ``kfold.core``.
+"""
 
-__all__ = ["DEFAULT_SPACE", "StudySettings", "best_config", "load_space", "open_study", "plot", "queue_trials", "search",
-           "suggest", "summary_lines", "trial_rows", "write_best"]
+from __future__ import annotations
+
+from kfold.core.exports import lazy_exports
+
+_EXPORTS = {
+    # _space
+    "DEFAULT_SPACE": "._space",
+    "load_space": "._space",
+    "suggest": "._space",
+    # _study
+    "StudySettings": "._study",
+    "open_study": "._study",
+    "queue_trials": "._study",
+    "search": "._study",
+    # _views
+    "best_config": "._views",
+    "plot": "._views",
+    "summary_lines": "._views",
+    "trial_rows": "._views",
+    "write_best": "._views",
+    "study_figures": "._views",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

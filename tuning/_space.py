@@ -8,8 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from kfold._config import CHOICES, Config
-from kfold._errors import ConfigError, unknown_name
+from kfold.core.config import CHOICES, Config
+from kfold.core.errors import ConfigError, unknown_name
 
 #: Default space: learning rate on a log scale and label smoothing.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {

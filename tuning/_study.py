@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from kfold._config import Config
-from kfold._errors import ConfigError, ToolkitError
-from kfold._metrics import LOWER_IS_BETTER, METRICS
+from kfold.core.config import Config
+from kfold.core.errors import ConfigError, ToolkitError
+from kfold.core.metrics import LOWER_IS_BETTER, METRICS
 
 PRUNERS = ("median", "wilcoxon", "none")
 DIRECTION = {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in METRICS}
@@ -283,7 +283,7 @@ def _kfold_trial(settings: StudySettings) -> Callable:
     """The real trial: a k-fold run in the study's workdir; its score is the OOF metric."""
 
     def run(cfg: Config, tag: str, on_fold) -> float:
-        from kfold._runner import run_kfold
+        from kfold.training import run_kfold
 
         out = run_kfold(cfg, settings.workdir, tag=tag, on_fold=on_fold, log=lambda m: None)
         if not out.complete:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kfold._config import Config, make_config
-from kfold._errors import ConfigError
-from kfold._textio import write_json_atomic
+from kfold.core.config import Config, make_config
+from kfold.core.errors import ConfigError
+from kfold.core.textio import write_json_atomic
 
 
 def trial_rows(study) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kfold._errors import run_command
+from kfold.core.errors import run_command
 
 
 def _log(msg: str) -> None:
@@ -13,7 +13,7 @@ def _log(msg: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from kfold._config import add_config_flags
+    from kfold.core.config import add_config_flags
 
     ap = argparse.ArgumentParser(prog="tuning", description="Optuna studies whose trials are k-fold runs "
                                  "(each fold's score is a pruning step).")
@@ -67,7 +67,7 @@ def _load(args):
 
 
 def _cmd_search(args) -> int:
-    from kfold._config import make_config, overrides_from_args
+    from kfold.core.config import make_config, overrides_from_args
 
     from ._space import load_space
     from ._study import search

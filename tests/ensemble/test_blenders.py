@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 
 from ensemble import (METHODS, CaruanaSelection, HardVote, RankAverage, SoftVote, Stacking, WeightedBlend,
                       fit_temperature, honest_oof, make_blender)
-from kfold._metrics import softmax
+from kfold.core.metrics import softmax
 from tests.fakes import noisy_member
 
 NAMES = ["no_relation", "a", "b", "c"]
@@ -84,7 +84,7 @@ def test_stacking_recovers_a_known_linear_blend():
 
 
 def test_honest_score_is_lower_than_in_sample_on_noise():
-    from kfold._metrics import score
+    from kfold.core.metrics import score
 
     rng = np.random.default_rng(5)
     oof, y = _members(rng, [0.0] * 6, n=600)

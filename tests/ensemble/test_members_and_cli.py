@@ -9,7 +9,7 @@ import pytest
 
 from ensemble import load_members, select_runs
 from ensemble.cli import main
-from kfold._errors import ConfigError, StoreError
+from kfold.core.errors import ConfigError, StoreError
 from submissions import check_submission
 from tests.fakes import fake_run, noisy_member
 
@@ -104,7 +104,7 @@ def test_compare_prints_every_method(store, capsys):
 
 
 def test_check_scores_a_file_against_a_labelled_test_file(tmp_path, demo_dir, capsys):
-    from kfold._readers import read_dataset
+    from kfold.data._readers import read_dataset
     from submissions import write_submission
 
     gold = read_dataset(demo_dir / "test_gold.tsv", role="test")

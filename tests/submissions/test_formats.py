@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kfold._errors import DataError, StoreError
+from kfold.core.errors import DataError, StoreError
 from submissions import FORMATS, check_submission, render_submission, write_submission
 
 NAMES = ("관계_없음", "인물:소속단체", "단체:설립자")

@@ -14,8 +14,8 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from kfold._config import Config, load_config_file  # noqa: E402
-from kfold._errors import ConfigError, TrainingError  # noqa: E402
+from kfold.core.config import Config, load_config_file  # noqa: E402
+from kfold.core.errors import ConfigError, TrainingError  # noqa: E402
 from tuning import StudySettings, load_space, open_study, search, summary_lines, write_best  # noqa: E402
 from tuning.cli import main as tuning_main  # noqa: E402
 

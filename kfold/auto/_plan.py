@@ -1,0 +1,204 @@
+"""Planning ``kfold auto``: measured speeds, the budget and a clock in, a plan out. Pure functions, torch-free.
+
+The loop that trains (``kfold.auto._auto``) calls these before the first run and again after every run, with the
+speeds corrected by what the finished runs really took; tests drive them with made-up speeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kfold.core.config import Config
+from kfold.training import Speed
+
+#: Fold counts auto chooses between (a workdir's existing fold map fixes it).
+FOLD_CHOICES = (5, 3, 2)
+#: k = 5 only when this many runs of the base configuration fit (a blend needs members more than folds).
+RUNS_FOR_FIVE_FOLDS = 3
+#: The fewest epochs auto trains a run for.
+MIN_EPOCHS = 1
+#: Share of the budget left unplanned: estimates are estimates.
+SAFETY = 0.05
+
+
+@dataclass(frozen=True)
+class Size:
+    """Rows to train on and to predict."""
+
+    n_train: int
+    n_test: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A run auto may make: its config and why it is in the list."""
+
+    config: Config
+    why: str
+
+
+@dataclass
+class PlannedRun:
+    """A candidate with its estimated seconds and what the plan does with it (done, run, does not fit)."""
+
+    candidate: Candidate
+    seconds: float
+    status: str  # "done", "run", "skip"
+
+
+@dataclass
+class Plan:
+    """The runs in order, the seconds they need, the reserve kept for blending and what is left over."""
+
+    runs: list[PlannedRun] = field(default_factory=list)
+    reserve: float = 0.0
+    available: float = 0.0
+
+    @property
+    def to_run(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.status == "run"]
+
+    @property
+    def planned_seconds(self) -> float:
+        return sum(r.seconds for r in self.to_run)
+
+
+def fold_seconds(cfg: Config, size: Size, speed: Speed) -> float:
+    """Estimated seconds of one fold: load, train every epoch, score the validation rows after each epoch (and
+    the weight average), predict the test rows."""
+    train_mult = (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
+    predict_mult = 2 if cfg.tta == "swap" else 1
+    n_train = size.n_train * (cfg.folds - 1) / cfg.folds
+    n_valid = size.n_train / cfg.folds
+    evals = (cfg.epochs if cfg.epoch_scores else 0) + (1 if cfg.average_epochs else 0)
+    return (speed.load_seconds + cfg.epochs * n_train * train_mult / speed.train_rows_per_s
+            + (evals * n_valid + size.n_test) * predict_mult / speed.predict_rows_per_s)
+
+
+def run_seconds(cfg: Config, size: Size, speed: Speed) -> float:
+    """Estimated seconds of a whole k-fold run (plus its refit on every row with ``cfg.refit``)."""
+    total = cfg.folds * fold_seconds(cfg, size, speed)
+    if cfg.refit:
+        train_mult = (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
+        total += (speed.load_seconds + cfg.epochs * size.n_train * train_mult / speed.train_rows_per_s
+                  + size.n_test * (2 if cfg.tta == "swap" else 1) / speed.predict_rows_per_s)
+    return total
+
+
+def reserve_seconds(n_members: int, size: Size) -> float:
+    """Time kept for blending (every method scored by nested CV), writing and checking the file."""
+    return 20.0 + 2.0 * n_members * max(1.0, size.n_train / 5000)
+
+
+def averaged_for(epochs: int, base: Config) -> int:
+    """The preset's weight-average span scaled to fewer epochs (5 epochs average 3: 2 average 1, 3 average 2)."""
+    if not base.average_epochs:
+        return 0
+    return max(1, min(base.average_epochs, round(epochs * base.average_epochs / base.epochs)))
+
+
+def choose_shape(base: Config, size: Size, speed: Speed, budget: float, fixed_folds: int | None = None
+                 ) -> Config | None:
+    """Folds and epochs for the runs of a budget: k = 5 when RUNS_FOR_FIVE_FOLDS runs of the base fit, else 3,
+    else 2 when one full run fits; else the most epochs (down to MIN_EPOCHS) with which a 3-fold, else a 2-fold
+    run fits; else the same without the full-data refit (the fold models then predict the test file); None when
+    nothing fits.
+
+    ``fixed_folds``: the workdir already has a fold map with this k (runs share one fold map).
+
+    >>> b = Config()
+    >>> choose_shape(b, Size(8000, 2717), Speed(40.0, 150.0, 2.0), 5400).folds
+    3
+    """
+    usable = budget * (1 - SAFETY) - reserve_seconds(3, size)
+    folds = [fixed_folds] if fixed_folds else list(FOLD_CHOICES)
+    for k in folds:
+        cfg = base.replace(folds=k)
+        need = RUNS_FOR_FIVE_FOLDS if k == 5 and not fixed_folds else 1
+        if need * run_seconds(cfg, size, speed) <= usable:
+            return cfg
+    for epochs in range(base.epochs - 1, MIN_EPOCHS - 1, -1):  # epochs matter more than a third fold
+        for k in folds if fixed_folds else [3, 2]:
+            cfg = base.replace(folds=k, epochs=epochs, average_epochs=averaged_for(epochs, base))
+            if run_seconds(cfg, size, speed) <= usable:
+                return cfg
+    if base.refit:
+        return choose_shape(base.replace(refit=False), size, speed, budget, fixed_folds)
+    return None
+
+
+def candidates(base: Config, directed: bool, typed: bool, max_runs: int = 12) -> list[Candidate]:
+    """The runs auto considers, in the order of their expected value: the base configuration (the preset's
+    strongest single model) first, then members chosen for diversity (other heads, another marker, entity swap
+    where labels have directions), then the same with other training seeds."""
+    other_marker = ("typed_entity_marker_punct" if typed and base.marker != "typed_entity_marker_punct" else
+                    "entity_marker" if base.marker == "entity_marker_punct" else "entity_marker_punct")
+    swap_epochs = max(MIN_EPOCHS, math.ceil(base.epochs / 2))  # twice the rows per epoch: about the same time
+    diverse = [
+        (base, f"the strongest single configuration ({base.variant})"),
+        (base.replace(variant="share" if base.variant != "share" else "split"), "another head (R-BERT's shared entity layer)"
+         if base.variant != "share" else "another head (separate entity layers)"),
+        (base.replace(variant="absdiff"), "another head (adds |e1-e2|)"),
+        (base.replace(marker=other_marker), f"another entity marker ({other_marker})"),
+    ]
+    if directed:
+        diverse.append((base.replace(augment="swap", tta="swap", epochs=swap_epochs,
+                                     average_epochs=averaged_for(swap_epochs, base)),
+                        "entity swap: trained and predicted in both entity orders (labels have directions)"))
+    out = [Candidate(c, why) for c, why in diverse]
+    seed = base.seed
+    while len(out) < max_runs:
+        seed += 1
+        for c, why in diverse:
+            out.append(Candidate(c.replace(seed=seed), f"{why.split(' (')[0]}, training seed {seed}"))
+    return out[:max_runs]
+
+
+def versions(cand: Candidate) -> list[Candidate]:
+    """The candidate, then the same with fewer epochs (down to half of them) to fill what is left of a budget."""
+    cfg = cand.config
+    out = [cand]
+    for epochs in range(cfg.epochs - 1, max(MIN_EPOCHS, math.ceil(cfg.epochs / 2)) - 1, -1):
+        out.append(Candidate(cfg.replace(epochs=epochs, average_epochs=averaged_for(epochs, cfg)),
+                             f"{cand.why}; {epochs} of {cfg.epochs} epochs to fit the budget"))
+    return out
+
+
+def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float, progress: Callable[[Config], float],
+              correction: float = 1.0) -> Plan:
+    """Which candidates to run in the ``remaining`` seconds, in order: each when its estimate (times
+    ``correction``, what finished runs took against their estimate) fits what is left after the runs before it
+    and the reserve for blending, else its longest shorter version (fewer epochs, see :func:`versions`) that fits.
+
+    ``progress(config)`` is the share of that run's folds already complete: a complete version of a candidate
+    (1.0) costs nothing and makes it "done"; a partial one costs the rest. Returns the plan; a candidate with no
+    version that fits is kept in it as "skip" (a later, cheaper one may still fit).
+    """
+    plan = Plan()
+    budget = remaining * (1 - SAFETY)
+    # each version's share complete, read from the store once per plan
+    shares = [[(v, progress(v.config)) for v in versions(cand)] for cand in cands]
+    chosen = []
+    for vs in shares:
+        done = next((v for v, share in vs if share >= 1.0), None)
+        chosen.append(PlannedRun(done, 0.0, "done") if done else None)
+    members = sum(1 for c in chosen if c is not None)
+    used = 0.0
+    for i, cand in enumerate(cands):
+        if chosen[i] is not None:
+            plan.runs.append(chosen[i])
+            continue
+        room = budget - used - reserve_seconds(members + 1, size)
+        fits = [(v, run_seconds(v.config, size, speed) * correction * (1 - share)) for v, share in shares[i]]
+        pick = next(((v, sec) for v, sec in fits if sec <= room), None)
+        if pick is None:
+            plan.runs.append(PlannedRun(cand, fits[0][1], "skip"))
+            continue
+        plan.runs.append(PlannedRun(pick[0], pick[1], "run"))
+        used += pick[1]
+        members += 1
+    plan.reserve = reserve_seconds(members, size)
+    plan.available = remaining
+    return plan

@@ -1,0 +1,313 @@
+"""One frozen dataclass per run: loaded from a file, overridden from the command line, type-checked.
+
+Unknown keys are errors. The resolved config (plus library versions) is written next to the run's
+outputs, so any number in a report can be traced to the settings and seed that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError, unknown_name
+from .metrics import METRICS
+from .variants import ACTIVATIONS, POOLS, get_variant
+
+#: Entity representations (``--marker``); kfold.encoding inserts them (its module docstring shows each one).
+MARKERS = ("none", "entity_marker", "entity_marker_punct", "typed_entity_marker", "typed_entity_marker_punct",
+           "entity_mask")
+#: The markers that print each entity's type, so they need data with entity types.
+TYPED_MARKERS = ("typed_entity_marker", "typed_entity_marker_punct")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "format": ("auto", "competition", "klue", "semeval", "generic"),
+    "offsets": ("repair", "strict"),
+    "too_far": ("two-windows", "error"),
+    "group": ("none", "duplicates"),
+    "marker": MARKERS,
+    "activation": ("",) + ACTIVATIONS,
+    "pool": ("",) + POOLS,
+    "loss": ("ce", "focal"),
+    "class_weights": ("none", "balanced"),
+    "augment": ("none", "swap"),
+    "cls_vector": ("auto", "first", "mean"),
+    "tta": ("none", "swap"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "attn_implementation": ("auto", "eager", "sdpa"),
+    "metric": METRICS,
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of one k-fold run (one variant x backbone x training seed)."""
+
+    # data ("" data means the generated demo data)
+    data: str = ""
+    test: str = ""
+    labels: str = ""
+    format: str = "auto"
+    columns: str = ""
+    # entity offsets that do not match their text: moved to the nearest occurrence ("repair") or refused
+    offsets: str = "repair"
+    repair_window: int = 5
+    no_relation: str = ""
+    # entities further apart than max_len: two windows joined by the separator, or an error
+    too_far: str = "two-windows"
+    # folds: which rows go to which fold (separate from the training seed)
+    folds: int = 5
+    fold_seed: int = 42
+    group: str = "none"
+    # model
+    variant: str = "split"
+    backbone: str = "minilm"
+    marker: str = "entity_marker_punct"
+    max_len: int = 256
+    activation: str = ""
+    pool: str = ""
+    # the sentence vector: "auto" = the pooler when the checkpoint has trained pooler weights, else the first
+    # token's hidden state; "first" = always the first token; "mean" = mean of all tokens (sentence-transformers)
+    cls_vector: str = "auto"
+    dropout: float = 0.1
+    # the encoder's own dropout, overriding its checkpoint's config (-1 = keep the checkpoint's value): on hidden
+    # states (hidden_dropout_prob) and on attention probabilities (attention_probs_dropout_prob)
+    backbone_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    # optimisation (the defaults are the measured best for the packaged MiniLM on a CPU: the minilm-cpu preset,
+    # kfold/core/presets/minilm-cpu.toml, says where each was measured)
+    epochs: int = 5
+    batch_size: int = 32
+    grad_accum: int = 1
+    auto_micro_batch: bool = False
+    lr: float = 1e-4
+    head_lr: float = 0.0
+    # layer-wise learning-rate decay: the top encoder layer trains at lr, each layer below at decay x the one
+    # above, the embeddings at decay ** num_layers x lr (1.0 = one lr for the whole backbone)
+    layer_lr_decay: float = 1.0
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    ema: float = 0.0
+    # average the weights at the ends of the last N epochs (all of them when there are fewer; stochastic weight
+    # averaging over epoch ends); the average replaces best-epoch selection and is evaluated, used for test, saved
+    average_epochs: int = 3
+    # score the validation rows after every epoch (the training curves); with average_epochs no epoch is chosen
+    # on them, so switching this off only saves time (the average is still scored)
+    epoch_scores: bool = True
+    loss: str = "ce"
+    label_smoothing: float = 0.1
+    focal_gamma: float = 2.0
+    # R-Drop: each training row goes through the model twice (two dropout masks) and the loss adds
+    # rdrop x the symmetric KL between the two predictions (0 = off; doubles the cost of a step)
+    rdrop: float = 0.0
+    class_weights: str = "none"
+    # entity swap (labels with directions, e.g. SemEval): extra training rows / a second prediction
+    augment: str = "none"
+    tta: str = "none"
+    # speed and memory
+    precision: str = "auto"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    # the attention kernel: "auto" = transformers' default (fused SDPA) except bf16 on the CPU, where the plain
+    # ("eager") attention trains faster (benchmarks/attention_cpu.py); the same computation either way
+    attn_implementation: str = "auto"
+    length_grouping: bool = True
+    eval_batch_size: int = 64
+    device: str = "auto"
+    threads: int = 0
+    # selection and reproducibility
+    metric: str = "accuracy"
+    seed: int = 1
+    save_models: bool = False
+    # after the k folds, one more model on every training row predicts the test rows (runs/<run>/refit/)
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in CHOICES and value not in CHOICES[f.name]:
+                raise unknown_name(f.name.replace("_", "-"), value, [c for c in CHOICES[f.name] if c])
+        get_variant(self.variant)
+        if self.repair_window < 0:
+            raise ConfigError(f"repair_window = {self.repair_window}: expected 0 or more characters")
+        positive = ("folds", "max_len", "epochs", "batch_size", "grad_accum", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)}: expected a positive integer")
+        if self.folds < 2:
+            raise ConfigError(f"folds = {self.folds}: expected at least 2")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing = {self.label_smoothing}: expected 0 <= x < 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout = {self.dropout}: expected 0 <= x < 1")
+        for name in ("backbone_dropout", "attention_dropout"):
+            if getattr(self, name) != -1.0 and not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} = {getattr(self, name)}: expected -1 (the checkpoint's value) or 0 <= x < 1")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"warmup_ratio = {self.warmup_ratio}: expected 0 <= x <= 1")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema = {self.ema}: expected 0 (off) or a decay 0 < x < 1, e.g. 0.99")
+        if self.rdrop < 0:
+            raise ConfigError(f"rdrop = {self.rdrop}: expected 0 (off) or a positive weight, e.g. 1.0")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ConfigError(f"layer_lr_decay = {self.layer_lr_decay}: expected 0 < x <= 1 (1 = no decay)")
+        if self.average_epochs < 0:
+            raise ConfigError(f"average_epochs = {self.average_epochs}: expected 0 (off) or a number of epochs")
+        if not self.epoch_scores and not self.average_epochs:
+            raise ConfigError("epoch_scores = false: the best epoch is chosen on the per-epoch scores; it needs "
+                              "average_epochs > 0 (no epoch chosen)")
+        if self.average_epochs and self.ema:
+            raise ConfigError(f"average_epochs = {self.average_epochs} and ema = {self.ema}: choose one weight average "
+                              "(--average-epochs 0 to use --ema)")
+        if self.lr <= 0 or self.head_lr < 0:
+            raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
+
+    def averaged_epochs(self) -> range:
+        """The 1-based epochs whose end-of-epoch weights ``average_epochs`` averages: the last N, or all of them
+        when there are fewer (empty when off)."""
+        return range(max(1, self.epochs - self.average_epochs + 1), self.epochs + 1) if self.average_epochs else range(0)
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` (type-checked like a config file)."""
+        return dataclasses.replace(self, **{k: _coerce(k, v, "override") for k, v in changes.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+#: Keys of earlier versions: what replaced them. A run's own config.json may still hold them (ignored there).
+RETIRED = {"repair_offsets": "offsets = \"repair\" (the default) or \"strict\""}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Type-check one value against the Config field (ints are accepted for floats, nothing else is)."""
+    if key in RETIRED:
+        raise ConfigError(f"{source}: key '{key}': retired, use {RETIRED[key]}")
+    if key not in _FIELDS:
+        raise unknown_name(f"config key (in {source})", key, _FIELDS)
+    kind = type(Config.__dataclass_fields__[key].default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{source}: key '{key}': found {value!r} ({type(value).__name__}), expected {kind.__name__}")
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into checked key/values (unknown keys raise ConfigError).
+
+    A config written by ``kfold run`` (``config.json`` with ``config`` and ``versions``) or by
+    ``tuning best`` is accepted as is.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: found a {type(raw).__name__}, expected a table of key = value")
+    if "config" in raw and isinstance(raw["config"], dict):  # a run's config.json: settings of its version
+        raw = {k: v for k, v in raw["config"].items() if k not in RETIRED}
+    return {key: _coerce(key, value, str(path)) for key, value in raw.items()}
+
+
+def config_from_run(raw: Mapping[str, Any]) -> Config:
+    """The Config recorded in a run's config.json (keys retired since it was written are left out)."""
+    return Config(**{k: v for k, v in raw["config"].items() if k not in RETIRED})
+
+
+#: The folder of the shipped presets: one TOML config per name, each value commented with where it was measured.
+PRESET_DIR = Path(__file__).with_name("presets")
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description (the file's first comment line, after the name)."""
+    out = {}
+    for path in sorted(PRESET_DIR.glob("*.toml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        out[path.stem] = first.lstrip("# ").removeprefix(f"{path.stem}:").strip()
+    return out
+
+
+def preset_path(name: str) -> Path:
+    """The file of a shipped preset; ConfigError listing the names for an unknown one."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise unknown_name("preset", name, list_presets())
+    return path
+
+
+def make_config(file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                preset: str | None = None) -> Config:
+    """Defaults, then the preset's keys, then the file's keys, then command-line overrides (None values are
+    skipped); the preset and the file go through the same checks.
+
+    Example
+    -------
+    >>> make_config(preset="large-gpu", overrides={"lr": 2e-5}).batch_size
+    16
+    """
+    values: dict[str, Any] = {}
+    if preset:
+        values.update(load_config_file(preset_path(preset)))
+    if file:
+        values.update(load_config_file(file))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, "command line")
+    return Config(**values)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
+    """Add one ``--flag`` per Config field (default None, so the config file's value stays unless given),
+    with its one-line help, in the groups of ``kfold.core.helptext.GROUPS``; ``only``: just these fields."""
+    from .helptext import GROUPS, HELP
+
+    groups = {name: parser.add_argument_group(f"{name} settings (also config-file keys)") for name in GROUPS}
+    for f in fields(Config):
+        if f.name in skip or (only is not None and f.name not in only):
+            continue
+        name, text = HELP[f.name]
+        group = groups[name]
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        shown = f"{text} (default: {f.default!r})"
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=shown)
+        else:
+            choices = [c for c in CHOICES.get(f.name, ()) if c] or None
+            group.add_argument(flag, dest=f.name, type=kind, choices=choices, default=None,
+                               metavar=None if choices else kind.__name__.upper(), help=shown)
+        if f.name == "offsets":  # the flag of earlier versions, kept working
+            group.add_argument("--repair-offsets", dest="offsets", action="store_const", const="repair",
+                               help="old name of --offsets repair (now the default)")
+
+
+def overrides_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The Config fields present on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(Config) if f.name not in skip and getattr(args, f.name, None) is not None}
+
+
+def environment() -> dict[str, str]:
+    """Library versions and the machine, recorded with every run."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("torch", "transformers", "tokenizers", "numpy", "rekfold"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "absent"
+    return out

@@ -1,0 +1,128 @@
+"""The planner of `kfold auto`: pure functions driven with made-up speeds and budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from kfold.auto._auto import parse_budget
+from kfold.auto._plan import (SAFETY, Size, averaged_for, candidates, choose_shape, make_plan, reserve_seconds,
+                              run_seconds, versions)
+from kfold.core.config import Config
+from kfold.core.errors import ConfigError
+from kfold.training._probe import Speed
+
+SIZE = Size(n_train=8000, n_test=2717)
+SPEED = Speed(train_rows_per_s=40.0, predict_rows_per_s=120.0, load_seconds=2.0)
+
+
+def test_run_seconds_counts_folds_epochs_scoring_and_refit():
+    cfg = Config(folds=4, epochs=2, average_epochs=1, epoch_scores=False)
+    per_fold = 2.0 + 2 * 6000 / 40 + (1 * 2000 + 2717) / 120
+    assert run_seconds(cfg, SIZE, SPEED) == pytest.approx(4 * per_fold)
+    curves = cfg.replace(epoch_scores=True)  # the validation rows scored after both epochs too
+    assert run_seconds(curves, SIZE, SPEED) == pytest.approx(4 * (per_fold + 2 * 2000 / 120))
+    swap = cfg.replace(augment="swap", tta="swap")  # twice the training rows, both readings predicted
+    assert run_seconds(swap, SIZE, SPEED) == pytest.approx(4 * (2.0 + 2 * 12000 / 40 + 2 * (2000 + 2717) / 120))
+    refit = cfg.replace(refit=True)
+    assert run_seconds(refit, SIZE, SPEED) == pytest.approx(4 * per_fold + 2.0 + 2 * 8000 / 40 + 2717 / 120)
+
+
+def test_shape_prefers_five_folds_then_three_then_fewer_epochs():
+    base = Config(epoch_scores=False)
+    five = 3 * run_seconds(base.replace(folds=5), SIZE, SPEED)
+    assert choose_shape(base, SIZE, SPEED, budget=five * 1.2).folds == 5
+    three = run_seconds(base.replace(folds=3), SIZE, SPEED)
+    shaped = choose_shape(base, SIZE, SPEED, budget=three * 1.2)
+    assert (shaped.folds, shaped.epochs) == (3, 5)
+    shaped = choose_shape(base, SIZE, SPEED, budget=run_seconds(base.replace(folds=2), SIZE, SPEED) * 1.2)
+    assert (shaped.folds, shaped.epochs) == (2, 5)
+    # no full run fits: the most epochs that fit (a 3-fold run first, then 2 folds)
+    small = choose_shape(base, SIZE, SPEED, budget=run_seconds(base.replace(folds=2), SIZE, SPEED) * 0.95)
+    assert (small.folds, small.epochs, small.average_epochs) == (2, 4, 2)  # 5 epochs average 3: 4 average 2
+    three = choose_shape(base, SIZE, SPEED, budget=run_seconds(base.replace(folds=3, epochs=2), SIZE, SPEED) * 1.1,
+                         fixed_folds=3)
+    assert (three.folds, three.epochs, three.average_epochs) == (3, 2, 1)
+    assert choose_shape(base, SIZE, SPEED, budget=60) is None
+    fixed = choose_shape(base, SIZE, SPEED, budget=five * 1.2, fixed_folds=3)  # the workdir's fold map decides
+    assert fixed.folds == 3
+    assert [averaged_for(e, base) for e in (1, 2, 3, 4, 5)] == [1, 1, 2, 2, 3]
+
+
+def test_choose_shape_drops_the_refit_before_refusing():
+    base = Config(epoch_scores=False, refit=True)
+    smallest = base.replace(folds=2, epochs=1, average_epochs=1)
+    usable = (run_seconds(smallest.replace(refit=False), SIZE, SPEED) + reserve_seconds(3, SIZE)) / (1 - SAFETY)
+    assert run_seconds(smallest, SIZE, SPEED) > usable  # with its refit the smallest run does not fit
+    shaped = choose_shape(base, SIZE, SPEED, budget=usable * 1.01)
+    assert (shaped.folds, shaped.epochs, shaped.refit) == (2, 1, False)
+    with_refit = choose_shape(base, SIZE, SPEED, budget=(run_seconds(smallest, SIZE, SPEED) + reserve_seconds(3, SIZE))
+                              / (1 - SAFETY) * 1.01)
+    assert with_refit.refit and with_refit.epochs == 1
+    assert choose_shape(base, SIZE, SPEED, budget=usable * 0.99) is None
+
+
+def test_candidates_start_with_the_strongest_then_diverse_then_seeds():
+    base = Config(folds=3)
+    plain = candidates(base, directed=False, typed=False, max_runs=8)
+    assert [c.config.variant for c in plain[:4]] == ["split", "share", "absdiff", "split"]
+    assert plain[3].config.marker == "entity_marker" and plain[0].config == base
+    assert [c.config.seed for c in plain] == [1, 1, 1, 1, 2, 2, 2, 2]
+    directed = candidates(base, directed=True, typed=True, max_runs=5)
+    assert directed[3].config.marker == "typed_entity_marker_punct"
+    swap = directed[4].config
+    assert (swap.augment, swap.tta, swap.epochs, swap.average_epochs) == ("swap", "swap", 3, 2)
+    assert all(c.config.augment == "none" for c in plain)
+
+
+def _cands(n=6):
+    return candidates(Config(folds=3, epoch_scores=False), directed=False, typed=False, max_runs=n)
+
+
+def _state(table=None):
+    """progress(config) from a dict config -> share complete (Config is frozen, so it is a dict key)."""
+    table = table or {}
+    return lambda cfg: table.get(cfg, 0.0)
+
+
+def test_plan_fits_the_budget_in_candidate_order():
+    cands = _cands()
+    one = run_seconds(cands[0].config, SIZE, SPEED)
+    remaining = 2.85 * one
+    plan = make_plan(cands, SIZE, SPEED, remaining, _state())
+    # two full runs fit; the third fits with 3 of its 5 epochs (the shortest version allowed is half the epochs)
+    assert [r.status for r in plan.runs] == ["run", "run", "run", "skip", "skip", "skip"]
+    assert [r.candidate.config.epochs for r in plan.to_run] == [5, 5, 3]
+    assert "3 of 5 epochs to fit the budget" in plan.to_run[2].candidate.why
+    assert plan.planned_seconds + plan.reserve <= remaining * (1 - SAFETY)
+    # complete runs cost nothing (a complete shorter version counts too); a half-done run costs half
+    short = versions(cands[2])[1].config
+    plan = make_plan(cands, SIZE, SPEED, remaining, _state({cands[0].config: 1.0, cands[1].config: 0.5, short: 1.0}))
+    assert [r.status for r in plan.runs[:4]] == ["done", "run", "done", "run"]
+    assert plan.runs[1].seconds == pytest.approx(one / 2) and plan.runs[2].candidate.config == short
+
+
+def test_replanning_after_a_slow_run_plans_less_and_a_run_that_cannot_finish_is_not_planned():
+    cands = _cands()
+    one = run_seconds(cands[0].config, SIZE, SPEED)
+    remaining = 2.2 * one + 100
+    assert [r.candidate.config.epochs for r in make_plan(cands, SIZE, SPEED, remaining, _state()).to_run] == [5, 5]
+    slow = make_plan(cands, SIZE, SPEED, remaining, _state(), correction=1.5)
+    assert [r.candidate.config.epochs for r in slow.to_run] == [5] and slow.runs[0].seconds == pytest.approx(1.5 * one)
+    # less left than the shortest version of a run needs: nothing is started
+    shortest = run_seconds(versions(cands[0])[-1].config, SIZE, SPEED)
+    assert make_plan(cands, SIZE, SPEED, shortest * 0.99, _state()).to_run == []
+
+
+def test_reserve_grows_with_members_and_data():
+    assert reserve_seconds(1, SIZE) < reserve_seconds(5, SIZE) < reserve_seconds(5, Size(40000, 100))
+
+
+@pytest.mark.parametrize("text,seconds", [("90m", 5400), ("1.5h", 5400), ("600s", 600), ("45", 45), (" 2m ", 120)])
+def test_parse_budget(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "-5m", "0", "5d"])
+def test_parse_budget_refuses_what_is_not_a_duration(text):
+    with pytest.raises(ConfigError, match="expected a duration like 10m"):
+        parse_budget(text)
