@@ -109,9 +109,12 @@ def load_members(runs: list[RunDir], need_test: bool = True, test_name: str = "t
                 raise StoreError(f"{oof.path}: field 'label_names': member '{run.name}' has labels "
                                  f"{list(oof.label_names)[:3]}..., expected the order of '{names[0]}'")
             if oof.fold_map_hash != first.fold_map_hash:
+                skipped = [r.read_config().get("skipped_rows", 0) for r in (runs[0], run)]
+                why = (f"; '{names[0]}' was trained with {skipped[0]} and '{run.name}' with {skipped[1]} training rows "
+                       "left out by --bad-rows skip, so they hold other data" if skipped[0] != skipped[1] else "")
                 raise StoreError(f"{oof.path}: field 'fold_map_hash': member '{run.name}' has fold map "
                                  f"{oof.fold_map_hash[:12]}, expected {first.fold_map_hash[:12]} of '{names[0]}' "
-                                 "(members must share one fold map)")
+                                 f"(members must share one fold map{why})")
             oof = _aligned(oof, first.ids, "OOF")
             if not np.array_equal(oof.y, first.y) or not np.array_equal(oof.folds, first.folds):
                 raise StoreError(f"{oof.path}: field 'y'/'folds': member '{run.name}' disagrees with '{names[0]}'")

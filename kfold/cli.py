@@ -20,8 +20,8 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 #: The settings `kfold check-data` takes: how the file is read and how it would be tokenised.
-CHECK_KEYS = ("labels", "format", "columns", "offsets", "repair_window", "no_relation", "too_far", "backbone", "marker",
-              "max_len")
+CHECK_KEYS = ("labels", "format", "columns", "offsets", "repair_window", "no_relation", "too_far", "overlap", "bad_rows",
+              "backbone", "marker", "max_len")
 
 
 def _parser() -> argparse.ArgumentParser:

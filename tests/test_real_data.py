@@ -79,34 +79,50 @@ def test_demo_data_is_learned_well_above_the_majority_class(tmp_path):
     assert out.oof_scores["accuracy"] > out.majority_accuracy + 20, (out.oof_scores, out.majority_accuracy)
 
 
-def test_competition_file_with_24_shifted_spans_is_repaired_and_trains(tmp_path, capsys):
-    """The source competition's fault, on real KLUE rows: 24 spans shifted right (15 by 2, 9 by 1; 3 on text
-    that occurs twice). check-data repairs all 24 and exits 0; strict refuses all 24; kfold run trains on it."""
+def test_competition_file_with_its_real_faults_is_repaired_marked_and_trains(tmp_path, capsys):
+    """The source competition's faults, on real KLUE rows: 24 spans shifted right (15 by 2, 9 by 1; 3 on text that
+    occurs twice), 3 rows whose subject and object overlap (2 crossing, 1 nested), and one row that no rule can
+    repair. check-data repairs the 24, marks the 3 and refuses only the broken row, naming --bad-rows skip; with
+    it, exit 0; strict refuses the 24 too; kfold run trains on a part holding all of those rows."""
     import csv
 
     from kfold.cli import main
     from tests.dirty import write_dirty_competition_file
 
     folder = shared_data("klue_re_subset")
-    info = write_dirty_competition_file(folder / "train_subset.jsonl", tmp_path / "data", n_rows=300)
+    info = write_dirty_competition_file(folder / "train_subset.jsonl", tmp_path / "data", n_rows=300,
+                                        overlaps=("crossing", "crossing", "nested"), broken=1)
     moves = [given - true for _, _, true, given in info["shifted"]]
     assert len(moves) == 24 and moves.count(2) == 15 and moves.count(1) == 9
     data = str(tmp_path / "data" / "train.tsv")
-    assert main(["check-data", data, "--workdir", str(tmp_path / "w"), "--max-len", "128"]) == 0
+    work = tmp_path / "w"
+    assert main(["check-data", data, "--workdir", str(work), "--max-len", "128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"row {info['broken'][0]}, field 'subject word'" in err[0]
+    assert err[0].endswith(f"; 1 row cannot be repaired; --bad-rows skip trains without it (listed in "
+                           f"{err[0].split('(listed in ')[1]}") and "skipped-train-" in err[0]
+    assert main(["check-data", data, "--workdir", str(work), "--max-len", "128", "--bad-rows", "skip"]) == 0
     out = capsys.readouterr().out
     assert "warning: repaired 24 entity spans in train.tsv, moved 1-2 characters" in out
-    assert f"{data}: no problems" in out and "two windows)" in out
-    listed = next((tmp_path / "w" / "data").glob("repairs-train-*.csv"))
+    assert "note: 3 rows of train.tsv have overlapping subject and object spans (2 crossing, 1 nested)" in out
+    assert "warning: left out 1 training row of train.tsv that cannot be repaired (--bad-rows skip)" in out
+    assert f"{data}: no problems in the {info['rows'] - 1} rows kept (1 left out by --bad-rows skip)" in out
+    listed = next((work / "data").glob("repairs-train-*.csv"))
     rows = {(int(r["row"]), r["field"], int(r["old_start"]), int(r["new_start"]))
             for r in csv.DictReader(listed.open(encoding="utf-8"))}
     assert rows == {(row, field, given, true) for row, field, true, given in info["shifted"]}
+    overlaps = {(int(r["row"]), r["kind"]) for r in csv.DictReader(next((work / "data").glob("overlaps-train-*.csv")).open(encoding="utf-8"))}
+    assert overlaps == set(info["overlaps"])
     assert main(["check-data", data, "--offsets", "strict", "--no-tokens"]) == 2
-    assert capsys.readouterr().err.startswith("kfold: error: 24 problems in 23 rows of")
-    small = tmp_path / "data" / "small.tsv"  # the first 120 rows, with the shifted spans among them
-    small.write_text("".join((tmp_path / "data" / "train.tsv").read_text(encoding="utf-8").splitlines(True)[:120]),
-                     encoding="utf-8")
-    assert main(["run", "--data", str(small), "--workdir", str(tmp_path / "w"), "--folds", "2", "--epochs", "1",
-                 "--max-len", "128", "--batch-size", "16", "--variants", "split"]) == 0
+    assert capsys.readouterr().err.startswith("kfold: error: 25 problems in 24 rows of")
+    # a part of the file: the first 80 rows and every faulty row further on
+    lines = (tmp_path / "data" / "train.tsv").read_text(encoding="utf-8").splitlines(True)
+    special = {row for row, *_ in info["shifted"]} | {row for row, _ in info["overlaps"]} | set(info["broken"])
+    part = [line for row, line in enumerate(lines, start=1) if row <= 80 or row in special]
+    small = tmp_path / "data" / "small.tsv"
+    small.write_text("".join(part), encoding="utf-8")
+    assert main(["run", "--data", str(small), "--workdir", str(work), "--folds", "2", "--epochs", "1", "--max-len", "128",
+                 "--batch-size", "16", "--variants", "split", "--bad-rows", "skip"]) == 0
     out = capsys.readouterr().out
-    n_small = sum(row <= 120 for row, *_ in info["shifted"])
-    assert n_small >= 10 and f"warning: repaired {n_small} entity spans in small.tsv" in out and ": OOF accuracy" in out
+    assert "warning: repaired 24 entity spans in small.tsv" in out and "note: 3 rows of small.tsv have overlapping" in out
+    assert "warning: left out 1 training row of small.tsv" in out and ": OOF accuracy" in out

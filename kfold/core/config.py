@@ -29,6 +29,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "format": ("auto", "competition", "klue", "semeval", "generic"),
     "offsets": ("repair", "strict"),
     "too_far": ("two-windows", "error"),
+    "overlap": ("markers", "error"),
+    "bad_rows": ("error", "skip"),
     "group": ("none", "duplicates"),
     "marker": MARKERS,
     "activation": ("",) + ACTIVATIONS,
@@ -61,6 +63,10 @@ class Config:
     no_relation: str = ""
     # entities further apart than max_len: two windows joined by the separator, or an error
     too_far: str = "two-windows"
+    # subject and object spans that share characters: markers at both spans' positions, or an error
+    overlap: str = "markers"
+    # training rows with problems that cannot be repaired: refuse the file, or train without them (listed)
+    bad_rows: str = "error"
     # folds: which rows go to which fold (separate from the training seed)
     folds: int = 5
     fold_seed: int = 42

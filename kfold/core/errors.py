@@ -68,6 +68,17 @@ class Problem:
     row: int | None
     kind: str
     text: str
+    field: str | None = None
+
+    @property
+    def row_level(self) -> bool:
+        """A problem of one row that leaving the row out removes (``--bad-rows skip``); the others are the file's
+        (no rows, a quote never closed, a broken CSV) and stop it whatever is skipped."""
+        return self.row is not None and self.kind not in FILE_LEVEL_KINDS
+
+
+#: Problem kinds that are the whole file's, never one row's (see :attr:`Problem.row_level`).
+FILE_LEVEL_KINDS = ("empty file", "unclosed quote", "broken CSV")
 
 
 class DataProblems(DataError):
@@ -77,11 +88,21 @@ class DataProblems(DataError):
     problem, which the command-line tools print.
     """
 
-    def __init__(self, problems: Sequence[Problem]):
+    def __init__(self, problems: Sequence[Problem], hint: str = ""):
         # in file order: files as first met, rows ascending (a reader finds some before validation finds others)
         files = {p.path: n for n, p in reversed(list(enumerate(problems)))}
         self.problems = sorted(problems, key=lambda p: (files[p.path], p.row if p.row is not None else -1))
+        #: training rows that ``--bad-rows skip`` would leave out, and the name of the file that would list them
+        #: (set by the reader of a training file)
+        self.skippable: list = []
+        self.skip_list = ""
+        #: the last line: what to do (``N rows cannot be repaired; --bad-rows skip ...``)
+        self.hint = hint
         super().__init__(self.problems[0].text if len(self.problems) == 1 else self.summary())
+
+    def __str__(self) -> str:
+        first = self.problems[0].text if len(self.problems) == 1 else self.summary()
+        return f"{first}; {self.hint}" if self.hint else first
 
     def summary(self) -> str:
         """``3 problems in 2 rows of train.tsv: 2 offsets, 1 unknown label``."""
@@ -94,14 +115,15 @@ class DataProblems(DataError):
                 + ", ".join(f"{c} {k}" for k, c in kinds.most_common()))
 
     def lines(self, limit: int | None = 50, hint: str = "") -> list[str]:
-        """The summary, then one line per problem (at most ``limit``, then 'and N more' with ``hint``)."""
+        """The summary, then one line per problem (at most ``limit``, then 'and N more' with ``hint``), then
+        :attr:`hint` (what to do) as the last line; a single problem is one line, with the hint after it."""
         if len(self.problems) == 1:
-            return [self.problems[0].text]
+            return [str(self)]
         shown = self.problems if limit is None else self.problems[:limit]
         out = [self.summary()] + [f"  {p.text}" for p in shown]
         if len(shown) < len(self.problems):
             out.append(f"  and {len(self.problems) - len(shown)} more" + (f" ({hint})" if hint else ""))
-        return out
+        return out + ([self.hint] if self.hint else [])
 
 
 class ProblemList:
@@ -112,7 +134,7 @@ class ProblemList:
         self.problems: list[Problem] = []
 
     def add(self, row: int | None, field: str | None, found: Any, expected: str, kind: str) -> None:
-        self.problems.append(Problem(self.path, row, kind, _problem_text(self.path, row, field, found, expected)))
+        self.problems.append(Problem(self.path, row, kind, _problem_text(self.path, row, field, found, expected), field))
 
     def add_error(self, exc: DataError, row: int | None, kind: str) -> None:
         """Record a DataError raised by a helper (its message already names file, row and field)."""

@@ -21,6 +21,10 @@ HELP: dict[str, tuple[str, str]] = {
     "repair_window": ("data", "--offsets repair moves an entity at most this many characters"),
     "no_relation": ("data", "the no-relation label, left out of micro-F1 (default: detected, e.g. no_relation, Other)"),
     "too_far": ("data", "entities further apart than --max-len: two windows joined by the separator, or an error"),
+    "overlap": ("data", "subject and object spans that overlap: markers = mark both at their positions (listed), "
+                        "error = refuse"),
+    "bad_rows": ("data", "training rows with problems that cannot be repaired: error = refuse the file, skip = train "
+                         "without them (listed; test rows are never skipped)"),
     # folds
     "folds": ("folds", "number of folds k (every row is predicted once, by the model that did not train on it)"),
     "fold_seed": ("folds", "seed of the fold map (separate from the training seed: all runs share one fold map)"),

@@ -18,12 +18,13 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from kfold.core.errors import ConfigError, DataError, ProblemList, data_error, unknown_name
+from kfold.core.errors import ConfigError, DataError, DataProblems, ProblemList, data_error, unknown_name
 from kfold.core.textio import read_text, split_lines
 
 from ._labels import BLIND, find_label_file, read_label_file
 from ._schema import Dataset
-from ._validate import OFFSET_MODES, RawRow, build_examples
+from ._validate import (BAD_ROWS_MODES, OFFSET_MODES, RawRow, build_examples, leave_out_bad_rows, list_name,
+                        skip_hint)
 
 FORMATS = ("auto", "competition", "klue", "semeval", "generic")
 ROLES = ("train", "test", "blind")
@@ -46,6 +47,9 @@ def read_dataset(
     columns: Mapping[str, str] | str | None = None,
     offsets: str = "repair",
     repair_window: int = 5,
+    overlap: str = "markers",
+    marker: str | None = None,
+    bad_rows: str = "error",
     id_start: int = 1,
 ) -> Dataset:
     """Read a relation-extraction file into the common schema, validating every row.
@@ -63,6 +67,12 @@ def read_dataset(
         occurrence of its text, when that is at most ``repair_window`` characters away and the only one
         that near (listed in ``Dataset.repairs``); ``strict``: every mismatch is a problem.
     repair_window: see ``offsets``.
+    overlap: ``markers`` (default): subject and object spans that overlap are kept (listed in
+        ``Dataset.overlaps``) and marked at their positions; ``error``: they are problems.
+    marker: the marker the rows will get; ``entity_mask`` cannot show overlapping entities, so it refuses them.
+    bad_rows: ``error`` (default): every problem refuses the file; ``skip`` (training files only): rows with
+        row-level problems are left out and listed in ``Dataset.skipped`` (a problem of the whole file, such as
+        a quote never closed, still refuses it). A test or blind file never loses a row.
     id_start: SemEval only (it has no ids): the id of the first row.
 
     Returns
@@ -71,8 +81,9 @@ def read_dataset(
 
     Raises
     ------
-    DataProblems (a DataError) listing every problem of the file, each naming file, row and field;
-    DataError for a file that cannot be read at all; ConfigError for a bad format name or column mapping.
+    DataProblems (a DataError) listing every problem of the file, each naming file, row and field (for a
+    training file its ``skippable`` rows and a ``hint`` naming ``--bad-rows skip``); DataError for a file that
+    cannot be read at all; ConfigError for a bad format name or column mapping.
 
     Example
     -------
@@ -87,6 +98,8 @@ def read_dataset(
         raise unknown_name("role", role, ROLES)
     if offsets not in OFFSET_MODES:
         raise unknown_name("offsets mode", offsets, OFFSET_MODES)
+    if bad_rows not in BAD_ROWS_MODES:
+        raise unknown_name("bad-rows mode", bad_rows, BAD_ROWS_MODES)
     text = read_text(path)
     if format == "auto":
         format = detect_format(path, text)
@@ -107,10 +120,20 @@ def read_dataset(
         except DataError:
             problems.raise_if_any()  # rows that could not be read explain a file without labels better
             raise
-    examples, repairs = build_examples(path, rows, label_names, problems, inclusive=inclusive, role=role,
-                                       offsets=offsets, window=repair_window)
-    problems.raise_if_any()
-    return Dataset(str(path), examples, label_names, repairs=repairs)
+    examples, repairs, overlaps = build_examples(path, rows, label_names, problems, inclusive=inclusive, role=role,
+                                                 offsets=offsets, window=repair_window, overlap=overlap, marker=marker)
+    if not problems:
+        return Dataset(str(path), examples, label_names, repairs=repairs, overlaps=overlaps)
+    kept = leave_out_bad_rows(rows, examples, repairs, overlaps, problems) if role == "train" else None
+    if kept is not None and bad_rows == "skip" and kept[0]:
+        return Dataset(str(path), kept[0], label_names, repairs=kept[1], overlaps=kept[2], skipped=kept[3])
+    exc = DataProblems(problems.problems)
+    if kept is not None and kept[0] and bad_rows == "error":
+        # what --bad-rows skip would do: the rows it leaves out, listed in a file named by the kept data's hash
+        exc.skippable = kept[3]
+        exc.skip_list = list_name(Dataset(str(path), kept[0], label_names), "skipped")
+        exc.hint = skip_hint(exc, "WORKDIR/data")
+    raise exc
 
 
 def detect_format(path: Path, text: str) -> str:
@@ -204,7 +227,8 @@ def _competition_rows(path: Path, text: str, problems: ProblemList) -> list[RawR
             if len(record) != 9:
                 if any("\n" in f for f in record):  # csv read on past the line end: an opening quote never closed
                     problems.add(row, "sentence", "<a double quote opened on this row, never closed>",
-                                 "a quoted sentence closed with '\"' (or no quote at the start of the sentence)", "format")
+                                 "a quoted sentence closed with '\"' (or no quote at the start of the sentence)",
+                                 "unclosed quote")
                     break  # the rest of the file was swallowed by the open quote
                 problems.add(row, None, f"<{len(record)} columns>",
                              f"9 tab-separated columns ({', '.join(_COMPETITION_COLUMNS)})", "format")
@@ -213,7 +237,7 @@ def _competition_rows(path: Path, text: str, problems: ProblemList) -> list[RawR
             rows.append(RawRow(row, rid, sent, (s1, e1, None, w1), (s2, e2, None, w2), label))
     except csv.Error as exc:
         problems.add(reader.line_num, "sentence", f"<CSV error: {exc}>",
-                     "a tab-separated row, quoted sentences closed with '\"'", "format")
+                     "a tab-separated row, quoted sentences closed with '\"'", "broken CSV")
     return rows
 
 
@@ -358,7 +382,7 @@ def _generic_rows(path: Path, text: str, mapping: dict[str, str], problems: Prob
                                (get(record, "obj_start"), get(record, "obj_end"), get(record, "obj_type"), get(record, "obj_word")),
                                get(record, "label")))
     except csv.Error as exc:
-        problems.add(reader.line_num, None, f"<CSV error: {exc}>", "a well-formed CSV row", "format")
+        problems.add(reader.line_num, None, f"<CSV error: {exc}>", "a well-formed CSV row", "broken CSV")
     return rows
 
 

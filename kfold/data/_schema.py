@@ -57,18 +57,54 @@ class Repair(NamedTuple):
     new: tuple[int, int]
 
 
+class Overlap(NamedTuple):
+    """A row whose subject and object spans share characters (exclusive ends): ``nested`` (one inside the other),
+    ``crossing`` (each has characters the other lacks) or ``identical``. Markers are inserted at both spans'
+    positions (kfold.encoding's ``mark``); such rows are listed, not refused (``--overlap markers``)."""
+
+    row: int
+    id: str
+    subject: tuple[int, int]
+    object: tuple[int, int]
+    kind: str
+
+
+class Skipped(NamedTuple):
+    """A training row left out by ``--bad-rows skip``: where, the field and the problem that could not be repaired."""
+
+    row: int
+    id: str
+    field: str
+    problem: str
+    kind: str
+
+
+def overlap_kind(subj: Span, obj: Span) -> str | None:
+    """``identical``, ``nested``, ``crossing``, or None when the spans share no character."""
+    if not (subj.start < obj.end and obj.start < subj.end):
+        return None
+    if (subj.start, subj.end) == (obj.start, obj.end):
+        return "identical"
+    inside = (subj.start <= obj.start and obj.end <= subj.end) or (obj.start <= subj.start and subj.end <= obj.end)
+    return "nested" if inside else "crossing"
+
+
 @dataclass
 class Dataset:
     """Examples read from one file, with the label names that index the logit columns.
 
     ``repairs``: the entity offsets the reader repaired (see kfold.data._validate); the examples hold the
     repaired offsets, so the content hash, fold map and run identity are those of the repaired data.
+    ``overlaps``: the rows whose subject and object spans overlap (kept, marked at their positions).
+    ``skipped``: training rows left out by ``--bad-rows skip`` (not among the examples, so not in the hash).
     """
 
     path: str
     examples: list[Example]
     label_names: tuple[str, ...]
     repairs: list[Repair] = field(default_factory=list)
+    overlaps: list[Overlap] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -1,4 +1,4 @@
-"""Row validation shared by every reader: offsets (with repair), entity text, overlap, ids, labels, role.
+"""Row validation shared by every reader: offsets (with repair), entity text, overlapping spans, ids, labels, role.
 
 Torch-free. Every problem of a file is collected (one line each, naming file, row and field) instead of
 stopping at the first, so one pass over a dirty file shows everything that needs fixing.
@@ -7,6 +7,11 @@ Offset repair (``offsets="repair"``, the default): an entity whose text is not a
 the sentence, moves to the occurrence whose start is nearest to the given start, when that is at most
 ``window`` characters away and no other occurrence is equally near. The source competition's own train.tsv
 has 24 such spans, each shifted right by 1 or 2 characters. Anything else stays a problem.
+
+Overlapping spans (``overlap="markers"``, the default): a subject and object that share characters (nested names,
+an organisation inside its own title; the source competition's train.tsv has 3) are kept and listed in
+``Dataset.overlaps``; the markers go at both spans' positions. ``overlap="error"`` refuses them, and so does the
+``entity_mask`` marker, which replaces each entity's text and so cannot show two overlapping entities.
 """
 
 from __future__ import annotations
@@ -15,15 +20,22 @@ import difflib
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from kfold.core.errors import ProblemList, unknown_name
+from kfold.core.config import MARKERS
+from kfold.core.errors import DataProblems, ProblemList, unknown_name
 
 from ._labels import BLIND
-from ._schema import Example, Repair, Span
+from ._schema import Dataset, Example, Overlap, Repair, Skipped, Span, overlap_kind
 
 #: Integer labels that mean "blind" in KLUE-style test files (the boostcamp release uses 100).
 _BLIND_INTS = (-1, 100)
 #: ``offsets=``: move a misplaced entity to its nearest occurrence, or refuse every mismatch.
 OFFSET_MODES = ("repair", "strict")
+#: ``overlap=``: mark overlapping subject and object spans at their positions, or refuse them.
+OVERLAP_MODES = ("markers", "error")
+#: ``bad_rows=``: refuse a training file with rows that cannot be repaired, or train without those rows.
+BAD_ROWS_MODES = ("error", "skip")
+#: The markers that can show two overlapping entities (every one but entity_mask).
+OVERLAP_MARKERS = tuple(m for m in MARKERS if m != "entity_mask")
 
 
 class RawRow(NamedTuple):
@@ -38,18 +50,23 @@ class RawRow(NamedTuple):
 
 
 def build_examples(path: Path, rows: Sequence[RawRow], label_names: Sequence[str], problems: ProblemList, *,
-                   inclusive: bool, role: str, offsets: str = "repair", window: int = 5
-                   ) -> tuple[list[Example], list[Repair]]:
-    """Validate raw rows and build Examples; returns (examples of the rows without problems, repairs made).
+                   inclusive: bool, role: str, offsets: str = "repair", window: int = 5, overlap: str = "markers",
+                   marker: str | None = None) -> tuple[list[Example], list[Repair], list[Overlap]]:
+    """Validate raw rows and build Examples; returns (examples of the rows without problems, repairs made, rows
+    whose subject and object overlap). ``marker``: the marker the rows will get (``entity_mask`` refuses
+    overlapping spans).
 
     Every problem found is added to ``problems`` (the caller raises them together).
     """
     if offsets not in OFFSET_MODES:
         raise unknown_name("offsets mode", offsets, OFFSET_MODES)
+    if overlap not in OVERLAP_MODES:
+        raise unknown_name("overlap mode", overlap, OVERLAP_MODES)
     index = {name: i for i, name in enumerate(label_names)}
     seen_ids: dict[str, int] = {}
     examples: list[Example] = []
     repairs: list[Repair] = []
+    overlaps: list[Overlap] = []
     first_kind: tuple[int, bool] | None = None
     for raw in rows:
         row = raw.row
@@ -71,9 +88,16 @@ def build_examples(path: Path, rows: Sequence[RawRow], label_names: Sequence[str
                 if fix is not None:
                     repairs.append(Repair(row, rid, which, fix[0], fix[1], fix[2]))
         subj, obj = spans
-        if subj is not None and obj is not None and subj.start < obj.end and obj.start < subj.end:
-            problems.add(row, "object", f"<object [{obj.start},{obj.end}) overlapping subject [{subj.start},{subj.end})>",
-                         "subject and object spans that do not overlap", "overlapping entities")
+        kind = overlap_kind(subj, obj) if subj is not None and obj is not None else None
+        if kind is not None:
+            found = f"<object [{obj.start},{obj.end}) {kind} with subject [{subj.start},{subj.end})>"
+            if overlap == "error":
+                problems.add(row, "object", found, "subject and object spans that do not overlap (--overlap markers "
+                             "marks both at their positions)", "overlapping entities")
+            elif marker == "entity_mask":
+                problems.add(row, "object", found, "a marker that can show two overlapping entities, one of "
+                             f"{', '.join(OVERLAP_MARKERS)} (entity_mask replaces each entity's text)",
+                             "overlapping entities under entity_mask")
         label = _label(problems, row, raw.label, index, label_names)
         if label is not False:
             if role == "train" and label is None:
@@ -90,9 +114,47 @@ def build_examples(path: Path, rows: Sequence[RawRow], label_names: Sequence[str
                                  f"{first_kind[0]} ({state}): a test file is all blind or all labelled", "blind and labelled mixed")
         if len(problems.problems) == before:
             examples.append(Example(rid, sentence, subj, obj, label or None, row))
+            if kind is not None:
+                overlaps.append(Overlap(row, rid, (subj.start, subj.end), (obj.start, obj.end), kind))
     if not rows and not problems:
         problems.add(None, None, "<no rows>", "at least one data row", "empty file")
-    return examples, repairs
+    return examples, repairs, overlaps
+
+
+def leave_out_bad_rows(rows: Sequence[RawRow], examples: list[Example], repairs: list[Repair],
+                       overlaps: list[Overlap], problems: ProblemList
+                       ) -> tuple[list[Example], list[Repair], list[Overlap], list[Skipped]] | None:
+    """``--bad-rows skip`` on a training file: the examples, repairs and overlaps without the rows that have a
+    row-level problem, and those rows (one entry per problem). A duplicated id cannot say which of its rows is
+    right, so every row carrying it is left out. None when a problem is the file's (nothing can be skipped then).
+    """
+    if not problems or any(not p.row_level for p in problems.problems):
+        return None
+    id_of = {raw.row: "" if raw.id is None else str(raw.id).strip() for raw in rows}
+    skipped = [Skipped(p.row, id_of.get(p.row, ""), p.field or "", p.text, p.kind) for p in problems.problems]
+    duplicated = {id_of[p.row] for p in problems.problems if p.kind == "duplicate id"}
+    for ex in examples:  # the first row of a duplicated id passed validation; the id is still undecidable
+        if ex.id in duplicated:
+            later = sorted(p.row for p in problems.problems if p.kind == "duplicate id" and id_of[p.row] == ex.id)
+            skipped.append(Skipped(ex.row, ex.id, "id", f"{problems.path}: row {ex.row}, field 'id': id '{ex.id}' "
+                                   f"is also at row {', '.join(map(str, later))}", "duplicate id"))
+    gone = {s.row for s in skipped}
+    return ([ex for ex in examples if ex.row not in gone], [r for r in repairs if r.row not in gone],
+            [o for o in overlaps if o.row not in gone], sorted(skipped, key=lambda s: s.row))
+
+
+def list_name(ds: Dataset, kind: str) -> str:
+    """The file name of one of a dataset's lists (``repairs``, ``overlaps``, ``skipped``): ``<kind>-<file>-<hash of
+    the data as read>.csv``, so the list belongs to exactly that reading of the file."""
+    return f"{kind}-{Path(ds.path).stem or 'data'}-{ds.content_hash()[:10]}.csv"
+
+
+def skip_hint(exc: DataProblems, folder: str | Path) -> str:
+    """The last line of a refused training file: how many rows ``--bad-rows skip`` would leave out, and where it
+    would list them (``folder``: the workdir's data folder)."""
+    n = len({s.row for s in exc.skippable})
+    return (f"{n} row{'s' if n != 1 else ''} cannot be repaired; --bad-rows skip trains without "
+            f"{'it' if n == 1 else 'them'} (listed in {Path(folder) / exc.skip_list})")
 
 
 def _to_int(problems: ProblemList, row: int, field: str, value: Any) -> int | None:

@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 
 from kfold.core.config import Config
-from kfold.data import Dataset, read_settings, repair_note, write_repairs
+from kfold.core.errors import DataProblems
+from kfold.data import Dataset, data_notes, read_settings, with_skip_hint, write_lists
 
 #: Problem lines shown on the screen before "and N more" (--all shows every one).
 SCREEN_LINES = 50
@@ -77,13 +78,15 @@ def check_data(path: str | Path, cfg: Config, *, role: str = "train", workdir: s
                show_all: bool = False, tokens: bool = True, log: Callable[[str], None] = print) -> int:
     """Validate a data file and print what a user needs before training; returns 0.
 
-    Prints the repairs (listed in ``<workdir>/data/``), the label distribution and, with ``tokens``, the token
-    lengths for ``cfg.backbone`` / ``cfg.marker`` / ``cfg.max_len`` and the rows that ``cfg.too_far`` splits
-    (at most SCREEN_LINES lines per list unless ``show_all``). Nothing is written but the repairs list.
+    Prints the offsets repaired, the rows whose subject and object overlap and (``--bad-rows skip``) the rows left
+    out, each listed in ``<workdir>/data/``; the label distribution and, with ``tokens``, the token lengths for
+    ``cfg.backbone`` / ``cfg.marker`` / ``cfg.max_len`` and the rows that ``cfg.too_far`` splits (at most
+    SCREEN_LINES lines per list unless ``show_all``). Nothing is written but those lists.
 
     Raises
     ------
-    DataProblems listing every problem of the file (the CLI prints them under a summary and exits 2).
+    DataProblems listing every problem of the file (the CLI prints them under a summary and exits 2); for a
+    training file its last line says how many rows ``--bad-rows skip`` would leave out.
 
     Example
     -------
@@ -93,20 +96,31 @@ def check_data(path: str | Path, cfg: Config, *, role: str = "train", workdir: s
     from kfold.data import dataset_summary, read_dataset
 
     limit = None if show_all else SCREEN_LINES
-    ds = read_dataset(path, cfg.labels or None, role=role, **read_settings(cfg))
+    try:
+        ds = read_dataset(path, cfg.labels or None, role=role, **read_settings(cfg))
+    except DataProblems as exc:
+        raise with_skip_hint(exc, workdir) from None
     stats = token_stats(ds, cfg) if tokens else None
-    note = repair_note(ds, write_repairs(ds, workdir))
-    if note:
-        log(note)
-        for r in ds.repairs[:limit]:
-            log(f"  row {r.row} (id {r.id}), {r.field} '{r.text}': [{r.old[0]}, {r.old[1]}] -> [{r.new[0]}, {r.new[1]}]")
-        if limit is not None and len(ds.repairs) > limit:
-            log(f"  and {len(ds.repairs) - limit} more (--all lists every one)")
+    notes = iter(data_notes(ds, write_lists(ds, workdir)))
+    text = {ex.row: ex.sentence for ex in ds.examples}
+    for items, line in ((ds.repairs, lambda r: f"row {r.row} (id {r.id}), {r.field} '{r.text}': [{r.old[0]}, "
+                                               f"{r.old[1]}] -> [{r.new[0]}, {r.new[1]}]"),
+                        (ds.overlaps, lambda o: f"row {o.row} (id {o.id}), {o.kind}: subject '{text[o.row][slice(*o.subject)]}' "
+                                                f"[{o.subject[0]}, {o.subject[1]}), object '{text[o.row][slice(*o.object)]}' "
+                                                f"[{o.object[0]}, {o.object[1]})"),
+                        (ds.skipped, lambda s: s.problem)):
+        if items:  # the list's note (data_notes gives one per non-empty list, in this order), then its rows
+            log(next(notes))
+            for item in items[:limit]:
+                log(f"  {line(item)}")
+            if limit is not None and len(items) > limit:
+                log(f"  and {len(items) - limit} more (--all lists every one)")
     log(dataset_summary(ds))
     for line in label_lines(ds):
         log(line)
     if stats is not None:
         for line in stats.lines(ds, cfg.backbone, cfg.marker, limit):
             log(line)
-    log(f"{path}: no problems")
+    skipped = len({s.row for s in ds.skipped})
+    log(f"{path}: no problems" + (f" in the {len(ds)} rows kept ({skipped} left out by --bad-rows skip)" if skipped else ""))
     return 0

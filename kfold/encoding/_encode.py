@@ -18,9 +18,12 @@ from kfold.data import Dataset
 
 from ._markers import Marked, mark
 
-CACHE_VERSION = "tok-v3"
-#: Columns of ``Features.ent``.
-ENT_COLUMNS = ("subj_start", "subj_end", "subj_marker", "obj_start", "obj_end", "obj_marker")
+CACHE_VERSION = "tok-v4"
+#: Columns of ``Features.ent``: each entity's token range and start-marker token, then the token ranges of the
+#: other entity's markers inside it (overlapping spans; [0, 0) when there are none), which its pooling leaves out.
+ENT_COLUMNS = ("subj_start", "subj_end", "subj_marker", "obj_start", "obj_end", "obj_marker",
+               "subj_skip1_start", "subj_skip1_end", "subj_skip2_start", "subj_skip2_end",
+               "obj_skip1_start", "obj_skip1_end", "obj_skip2_start", "obj_skip2_end")
 #: ``Features.crop`` codes: the whole sentence, one window around both entities, one window around each.
 WHOLE, ONE_WINDOW, TWO_WINDOWS = 0, 1, 2
 #: ``too_far=``: what to do with a row whose entities lie further apart than max_len.
@@ -32,7 +35,8 @@ class Features:
     """Token ids of every example plus entity token positions (all in the final, cropped sequence).
 
     ``ids`` is one flat int32 array; example i is ``ids[offsets[i]:offsets[i+1]]``.
-    ``ent[i]`` holds ENT_COLUMNS: entity token ranges [start, end) and the start-marker token.
+    ``ent[i]`` holds ENT_COLUMNS: entity token ranges [start, end), the start-marker token, and the other entity's
+    marker tokens inside each entity (two ranges per entity, [0, 0) when unused).
     ``crop[i]``: WHOLE, ONE_WINDOW (cropped around both entities) or TWO_WINDOWS (entities too far apart:
     a window around each, joined by the separator token). ``full[i]``: the row's length before cropping
     (special tokens included), for the length distribution in reports.
@@ -106,6 +110,13 @@ def _token_range(offsets: list, span: tuple[int, int]) -> tuple[int, int]:
     if not hits:
         return -1, -1
     return hits[0], hits[-1] + 1
+
+
+def _tokens_within(offsets: list, span: tuple[int, int]) -> tuple[int, int]:
+    """Indices [first, last+1) of the tokens lying wholly inside ``span`` (a marker's characters), or (0, 0)."""
+    lo, hi = span
+    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a >= lo and b <= hi]
+    return (hits[0], hits[-1] + 1) if hits else (0, 0)
 
 
 def _start_token(offsets: list, pos: int, fallback: int) -> int:
@@ -191,13 +202,17 @@ def encode(dataset: Dataset, tokenizer, marker: str, max_len: int, too_far: str 
         offsets_out.append(offsets_out[-1] + len(all_ids[-1]))
         s_mark = _start_token(offs, m.subj_whole[0], s_whole[0])
         o_mark = _start_token(offs, m.obj_whole[0], o_whole[0])
+        skips = []  # the other entity's marker tokens inside each entity (overlapping spans), two ranges each
+        for chars in (m.subj_skip, m.obj_skip):
+            for a, b in [_tokens_within(offs, c) for c in chars] + [(0, 0)] * (2 - len(chars)):
+                skips += (place(a), place(b - 1) + 1) if b > a else (0, 0)
         ents.append((place(s_body[0]), place(s_body[1] - 1) + 1, place(s_mark),
-                     place(o_body[0]), place(o_body[1] - 1) + 1, place(o_mark)))
+                     place(o_body[0]), place(o_body[1] - 1) + 1, place(o_mark), *skips))
         crops.append(WHOLE if windows == [(0, len(ids))] else ONE_WINDOW if len(windows) == 1 else TWO_WINDOWS)
         full.append(len(ids) + len(prefix) + len(suffix))
     problems.raise_if_any()
     feats = Features(np.concatenate(all_ids) if all_ids else np.zeros(0, np.int32), np.asarray(offsets_out, dtype=np.int64),
-                     np.asarray(ents, dtype=np.int32).reshape(-1, 6), np.asarray(crops, dtype=np.int8),
+                     np.asarray(ents, dtype=np.int32).reshape(-1, len(ENT_COLUMNS)), np.asarray(crops, dtype=np.int8),
                      np.asarray(full, dtype=np.int32))
     return feats, int(feats.cropped.sum())
 

@@ -12,6 +12,14 @@ typed_entity_marker         ``<S:PER> s </S:PER>`` / ``<O:LOC> o </O:LOC>``  one
 typed_entity_marker_punct   ``@ * PER * s @`` / ``# ^ LOC ^ o #``        -
 entity_mask                 ``[SUBJ-PER]`` / ``[OBJ-LOC]`` (untyped: ``[SUBJ]``) one per type
 ==========================  ===========================================  ======================
+
+Overlapping spans (nested names, an organisation inside its own title) get their markers at their positions too.
+Where two markers fall on one position the rule is fixed: a span that ends there closes before one that starts
+there opens; of two spans that start together the longer one (for identical spans, the subject) opens first and
+closes last; spans that cross get crossing markers. So subject ``세계은행`` [2, 6) and object ``전 세계`` [0, 4) of
+"전 세계은행" become ``# 전 @ 세계 #은행 @`` with entity_marker_punct. ``Marked.*_skip`` holds the other entity's
+marker characters inside an entity's text, which its pooled vector leaves out. ``entity_mask`` replaces each
+entity's text and cannot show two overlapping entities (the data layer refuses such rows with it).
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ from kfold.core.errors import ConfigError, unknown_name
 from kfold.data import Example
 
 
-
 @dataclass(frozen=True)
 class Marked:
     """A marked sentence and, for each entity, character spans in it (exclusive ends).
 
-    ``body``: the entity text itself (or its mask token); ``whole``: prefix + body + suffix.
+    ``body``: the entity text itself (or its mask token); ``whole``: prefix + body + suffix. ``skip``: the other
+    entity's prefix and suffix where they fall inside this entity's body (overlapping spans only; empty tuple
+    otherwise), which the entity's pooled vector leaves out.
     """
 
     text: str
@@ -37,6 +46,8 @@ class Marked:
     subj_whole: tuple[int, int]
     obj_body: tuple[int, int]
     obj_whole: tuple[int, int]
+    subj_skip: tuple[tuple[int, int], ...] = ()
+    obj_skip: tuple[tuple[int, int], ...] = ()
 
 
 def check_marker(marker: str, has_types: bool, where: str = "the data") -> None:
@@ -81,26 +92,51 @@ def mark(example: Example, marker: str) -> Marked:
     >>> mark(ex, "typed_entity_marker_punct").text
     '@ * PER * Kim @ works at # ^ ORG ^ Samsung #.'
     """
-    ents = [("S", example.subj), ("O", example.obj)]
-    ents.sort(key=lambda item: item[1].start)
+    sentence = example.sentence
+    spans = {"S": example.subj, "O": example.obj}
+    # opening order: earlier start first; starting together, the longer span (it closes last); identical, the subject
+    order = sorted(spans, key=lambda r: (spans[r].start, -spans[r].end, r != "S"))
+    rank = {role: n for n, role in enumerate(order)}
+    # (position, phase, tie-break): at one position spans close (phase 0) before others open (phase 1); the span
+    # opened later closes first
+    events = sorted([(spans[r].start, 1, rank[r], r) for r in spans] + [(spans[r].end, 0, -rank[r], r) for r in spans])
+    masked = marker == "entity_mask"  # the mask token replaces the entity's text
+    if masked and spans["S"].start < spans["O"].end and spans["O"].start < spans["S"].end:
+        raise ConfigError(f"row {example.row} (id {example.id}): entity_mask cannot show two overlapping entities")
+    affixes = {r: _affixes(marker, r, spans[r].type, sentence[spans[r].start : spans[r].end]) for r in spans}
     out: list[str] = []
-    pos = 0  # length of the marked text so far
-    cursor = 0  # position in the original sentence
-    spans: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
-    for role, span in ents:
-        gap = example.sentence[cursor : span.start]
+    pos = cursor = 0  # length of the marked text so far; position in the original sentence
+    opened: dict[str, tuple[int, int]] = {}  # role -> its prefix's characters in the marked text
+    closed: dict[str, tuple[int, int]] = {}  # role -> its suffix's characters
+    for at, phase, _, role in events:
+        # the original text up to this marker, except a masked entity's own text (between its open and close)
+        gap = "" if masked and phase == 0 else sentence[cursor:at]
         out.append(gap)
         pos += len(gap)
-        prefix, body, suffix = _affixes(marker, role, span.type, example.sentence[span.start : span.end])
-        whole_start = pos
-        body_start = pos + len(prefix)
-        body_end = body_start + len(body)
-        out.append(prefix + body + suffix)
-        pos = body_end + len(suffix)
-        spans[role] = ((body_start, body_end), (whole_start, pos))
-        cursor = span.end
-    out.append(example.sentence[cursor:])
-    return Marked("".join(out), spans["S"][0], spans["S"][1], spans["O"][0], spans["O"][1])
+        cursor = at
+        prefix, body, suffix = affixes[role]
+        piece = (prefix + body if masked else prefix) if phase == 1 else suffix
+        if phase == 1:
+            opened[role] = (pos, pos + len(prefix) + (len(body) if masked else 0))
+        else:
+            closed[role] = (pos, pos + len(suffix))
+        out.append(piece)
+        pos += len(piece)
+    out.append(sentence[cursor:])
+    text = "".join(out)
+
+    def body_of(role: str) -> tuple[int, int]:
+        if masked:  # the mask token is the body
+            return opened[role][1] - len(affixes[role][1]), opened[role][1]
+        return opened[role][1], closed[role][0]
+
+    def skip_of(role: str) -> tuple[tuple[int, int], ...]:
+        lo, hi = body_of(role)
+        other = "O" if role == "S" else "S"
+        return tuple((a, b) for a, b in (opened[other], closed[other]) if b > a and lo <= a and b <= hi)
+
+    return Marked(text, body_of("S"), (opened["S"][0], closed["S"][1]), body_of("O"), (opened["O"][0], closed["O"][1]),
+                  skip_of("S"), skip_of("O"))
 
 
 def marker_tokens(marker: str, types: Iterable[str | None]) -> list[str]:

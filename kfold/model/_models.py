@@ -15,6 +15,7 @@ from kfold.core.errors import ConfigError
 from kfold.core.variants import Variant
 from kfold.encoding import resolve_backbone
 
+
 def _checkpoint_keys(path: Path) -> set[str] | None:
     """Parameter names stored in a local checkpoint folder, or None when they cannot be listed."""
     index = path / "model.safetensors.index.json"
@@ -131,12 +132,19 @@ class ProjectionLayer(nn.Module):
         return self.linear(self.act(self.dropout(x)))
 
 
-def _entity_vector(hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor, marker: torch.Tensor, pool: str) -> torch.Tensor:
-    """Mean of the entity's token vectors [start, end), or the vector of its start-marker token."""
+def _entity_vector(hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor, marker: torch.Tensor, pool: str,
+                   skip: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the entity's token vectors [start, end), or the vector of its start-marker token. ``skip`` [B, 4]:
+    two token ranges [a, b) inside the entity left out of the mean (the other entity's markers, where the two
+    spans overlap; [0, 0) when unused)."""
     if pool == "start":
         return hidden[torch.arange(hidden.size(0), device=hidden.device), marker.long()]
     pos = torch.arange(hidden.size(1), device=hidden.device)[None, :]
-    mask = ((pos >= start[:, None]) & (pos < end[:, None])).to(hidden.dtype)
+    inside = (pos >= start[:, None]) & (pos < end[:, None])
+    if skip is not None:
+        for a, b in ((skip[:, 0], skip[:, 1]), (skip[:, 2], skip[:, 3])):
+            inside &= ~((pos >= a[:, None]) & (pos < b[:, None]))
+    mask = inside.to(hidden.dtype)
     summed = torch.bmm(mask.unsqueeze(1), hidden).squeeze(1)
     return summed / mask.sum(1, keepdim=True).clamp(min=1)
 
@@ -195,8 +203,10 @@ class RelationModel(nn.Module):
             cls = hidden[:, 0]
         e1 = e2 = None
         if v.uses_entities:
-            e1 = _entity_vector(hidden, ent[:, 0], ent[:, 1], ent[:, 2], v.pool)
-            e2 = _entity_vector(hidden, ent[:, 3], ent[:, 4], ent[:, 5], v.pool)
+            # columns 6-13 (kfold.encoding.ENT_COLUMNS): the other entity's markers inside each, left out
+            skips = (ent[:, 6:10], ent[:, 10:14]) if ent.size(1) >= 14 else (None, None)
+            e1 = _entity_vector(hidden, ent[:, 0], ent[:, 1], ent[:, 2], v.pool, skips[0])
+            e2 = _entity_vector(hidden, ent[:, 3], ent[:, 4], ent[:, 5], v.pool, skips[1])
         if v.head == "rbert":
             cls = self.cls_fc(cls) if self.cls_fc is not None else cls
             if v.uses_entities:

@@ -201,6 +201,9 @@ class DataInfo:
     repairs: int
     repairs_csv: str
     fold_map: dict = field(default_factory=dict)
+    overlaps: int = 0  # rows whose subject and object spans overlap (marked at their positions)
+    skipped_rows: int = 0  # training rows left out by --bad-rows skip
+    lists: dict = field(default_factory=dict)  # kind -> the CSV listing them
 
 
 def data_info(run: RunDir) -> DataInfo | None:
@@ -211,7 +214,8 @@ def data_info(run: RunDir) -> DataInfo | None:
     d = read_json(path)
     lengths = np.asarray(d["token_lengths"], dtype=np.int64) if d.get("token_lengths") is not None else None
     return DataInfo(d["path"], d["rows"], d["label_counts"], lengths, d["max_len"], d["one_window"], d["two_windows"],
-                    d["repairs"], d.get("repairs_csv", ""), run.read_config().get("fold_map", {}))
+                    d["repairs"], d.get("repairs_csv", ""), run.read_config().get("fold_map", {}), d.get("overlaps", 0),
+                    d.get("skipped_rows", 0), {k: d[f"{k}_csv"] for k in ("overlaps", "skipped") if d.get(f"{k}_csv")})
 
 
 def oof_probs(pred: Predictions) -> np.ndarray:

@@ -224,7 +224,11 @@ def _data(info: DataInfo) -> str:
         parts.append(f"<p>Tokens per row: median {q[0]:.0f}, 95th percentile {q[1]:.0f}, max "
                      f"{info.token_lengths.max()}; {info.one_window} rows cropped to one window and {info.two_windows} "
                      f"split into two windows at --max-len {info.max_len}; {info.repairs} entity offsets repaired"
-                     + (f" (listed in {html.escape(info.repairs_csv)})" if info.repairs_csv else "") + ".</p>")
+                     + (f" (listed in {html.escape(info.repairs_csv)})" if info.repairs_csv else "")
+                     + f"; {info.overlaps} rows with overlapping subject and object spans, marked at their positions"
+                     + (f" (listed in {html.escape(info.lists['overlaps'])})" if "overlaps" in info.lists else "")
+                     + f"; {info.skipped_rows} training rows left out by --bad-rows skip"
+                     + (f" (listed in {html.escape(info.lists['skipped'])})" if "skipped" in info.lists else "") + ".</p>")
         parts.append(_img(draw.histogram(info.token_lengths, info.max_len, "tokens per row (before cropping)"),
                           "token length histogram"))
     return "".join(parts)

@@ -10,7 +10,7 @@ import numpy as np
 from kfold.core.config import config_from_run
 from kfold.core.errors import StoreError
 from kfold.core.store import Predictions, RunDir, save_predictions
-from kfold.data import inverse_labels, read_dataset, read_settings, repair_note, swap_entities, write_repairs
+from kfold.data import data_notes, inverse_labels, read_dataset, read_settings, swap_entities, write_lists
 from kfold.encoding import crop_note, encode
 
 
@@ -47,8 +47,7 @@ def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | No
     if missing:
         raise StoreError(f"{missing[0]}: no saved model; train the run with --save-models to predict new files")
     test = read_dataset(test_file, names, role="test", **read_settings(cfg))
-    note = repair_note(test, write_repairs(test, run.root.parent.parent))
-    if note:
+    for note in data_notes(test, write_lists(test, run.root.parent.parent)):
         log(note)
     tok = load_tokenizer_dir(folders[0])
     feats = encode(test, tok, cfg.marker, cfg.max_len, cfg.too_far)[0]

@@ -16,7 +16,7 @@ from kfold.core.errors import ConfigError, StoreError
 from kfold.core.metrics import all_scores, majority_accuracy, softmax
 from kfold.core.store import REFIT, Predictions, RunDir, save_predictions
 from kfold.core.textio import write_json_atomic
-from kfold.data import LoadedData, inverse_labels, load_data, repairs_path, swap_entities
+from kfold.data import LoadedData, inverse_labels, list_path, load_data, swap_entities
 from kfold.encoding import (Features, backbone_slug, check_marker, concat_features, crop_note, encode_cached,
                             entity_types, load_tokenizer, marker_tokens)
 
@@ -27,7 +27,8 @@ from ._train import FoldData, compute_line, train_fold
 #: (How the data is read, offsets and too-far rows, shows in the data hash and the token features: a file read
 #: another way is other data, refused by the data hash, or is refused when read.)
 RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch",
-                "attn_implementation", "offsets", "repair_window", "too_far", "refit", "epoch_scores")
+                "attn_implementation", "offsets", "repair_window", "too_far", "overlap", "bad_rows", "refit",
+                "epoch_scores")
 #: Settings that name the run themselves, or belong to the data and fold map.
 NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "folds", "fold_seed", "group", "no_relation")
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
@@ -59,6 +60,11 @@ class RunOutcome:
     majority_accuracy: float = 0.0
 
 
+def skipped_rows(ds) -> int:
+    """How many training rows ``--bad-rows skip`` left out of a dataset (recorded with every run)."""
+    return len({s.row for s in ds.skipped})
+
+
 def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap) -> None:
     """Refuse to mix a run folder's completed folds with other settings, data or folds."""
     if not run.config_path.exists():
@@ -72,11 +78,16 @@ def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap) -> 
         if before != value:
             raise StoreError(f"{run.config_path}: field '{key}': found {before!r}, now {value!r}; "
                              "use --tag NAME (or another --workdir) for a run with other settings")
+    skipped_now, skipped_then = skipped_rows(data.train), old.get("skipped_rows", 0)
+    # rows left out by --bad-rows skip change the data (and so the fold map): say so, it is the likely reason
+    why = (f" ({skipped_now} training rows left out by --bad-rows skip now, {skipped_then} when the run was made)"
+           if skipped_now != skipped_then else "")
     for key, now in (("data_hash", data.train.content_hash()), ("fold_map_hash", fm.hash),
                      ("test_hash", data.test.content_hash() if data.test else "")):
         if old.get(key) != now:
             raise StoreError(f"{run.config_path}: field '{key}': the run was made with other "
-                             f"{'folds' if key == 'fold_map_hash' else 'data'}; use another --workdir or --tag")
+                             f"{'folds' if key == 'fold_map_hash' else 'data'}{why if key != 'test_hash' else ''}; "
+                             "use another --workdir or --tag")
 
 
 def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print):
@@ -101,18 +112,21 @@ def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print
 
 def data_record(cfg: Config, data: LoadedData, feats: Features, workdir: str | Path) -> dict:
     """What a run was trained on, for reports: the file, its rows and labels, token lengths before cropping,
-    the rows cropped to one window or split into two, and the offsets repaired."""
+    the rows cropped to one window or split into two, the offsets repaired, the rows with overlapping spans and
+    the rows left out by ``--bad-rows skip`` (with the lists of each)."""
     from collections import Counter
 
     from kfold.encoding import ONE_WINDOW, TWO_WINDOWS
 
     train = data.train
-    repairs = repairs_path(train, workdir)
+    listed = {kind: list_path(train, workdir, kind) for kind in ("repairs", "overlaps", "skipped")}
     return {"path": train.path, "rows": len(train), "data_hash": train.content_hash(),
             "label_counts": dict(Counter(ex.label for ex in train.examples)), "backbone": cfg.backbone,
             "marker": cfg.marker, "max_len": cfg.max_len, "token_lengths": feats.full.tolist(),
             "one_window": int((feats.crop == ONE_WINDOW).sum()), "two_windows": int((feats.crop == TWO_WINDOWS).sum()),
-            "repairs": len(train.repairs), "repairs_csv": str(repairs) if repairs.exists() else ""}
+            "repairs": len(train.repairs), "overlaps": len(train.overlaps),
+            "skipped_rows": skipped_rows(train),
+            **{f"{kind}_csv": str(path) if path.exists() else "" for kind, path in listed.items()}}
 
 
 @dataclass
@@ -186,6 +200,7 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
         write_json_atomic(run.config_path, {
             "run": run.name, "config": cfg.to_dict(), "versions": environment(), "label_names": list(data.train.label_names),
             "data_hash": data.train.content_hash(), "test_hash": data.test.content_hash() if data.test else "",
+            "skipped_rows": skipped_rows(data.train),
             "fold_map": {"path": fm.path, "hash": fm.hash, "k": fm.k, "seed": fm.seed, "group": fm.group},
             "fold_map_hash": fm.hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })

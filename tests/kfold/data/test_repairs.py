@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -124,17 +125,20 @@ def test_every_problem_of_a_file_is_listed_with_counts_exit_2_nothing_written(tm
     err = capsys.readouterr().err.splitlines()
     assert status == 2
     assert err[0] == f"kfold: error: 6 problems in 5 rows of {path}: 2 offsets, 2 unknown label, 1 duplicate id, 1 format"
-    assert [line.split(": ")[1] for line in err[1:]] == ["row 1, field 'subject word'", "row 2, field 'label'",
-                                                         "row 4, field 'id'", "row 5", "row 6, field 'subject word'",
-                                                         "row 6, field 'label'"]
+    assert [line.split(": ")[1] for line in err[1:-1]] == ["row 1, field 'subject word'", "row 2, field 'label'",
+                                                          "row 4, field 'id'", "row 5", "row 6, field 'subject word'",
+                                                          "row 6, field 'label'"]
     assert "did you mean '인물:소속단체'" in err[2] and "expected 9 tab-separated columns" in err[4]
+    # the last line names the way past: rows 1-6 (both rows of the duplicated id) would be left out, row 7 kept
+    assert re.fullmatch(r"6 rows cannot be repaired; --bad-rows skip trains without them \(listed in "
+                        + re.escape(str(tmp_path / "w" / "data" / "skipped-train-")) + r"[0-9a-f]{10}\.csv\)", err[-1])
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, not even the repairs list
     # kfold run refuses the same way, with the test file's problems in the same list
     test = _write(tmp_path, [_tsv_row("t1", SENT, "김철수", 3, "삼성", 8, label="blind"), "t2\tx\n"], "test.tsv")
     assert kfold_main(["run", "--data", str(path), "--test", str(test), "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "kfold: error: 7 problems in 6 rows of 2 files: 2 offsets, 2 unknown label, 2 format, 1 duplicate id"
-    assert err[-1].startswith(f"  {test}: row 2")
+    assert err[-2].startswith(f"  {test}: row 2") and err[-1].startswith("6 rows cannot be repaired; --bad-rows skip")
     assert not (tmp_path / "w").exists()
 
 
@@ -199,7 +203,7 @@ def test_two_windows_keep_markers_and_entity_positions(kind, marker):
     for i, ex in enumerate(ds.examples[:2]):
         ids = feats.row(i).tolist()
         assert len(ids) == max_len and ids.count(tok.sep_token_id) == 2  # the joint and the end
-        s0, s1, sm, o0, o1, om = feats.ent[i]
+        s0, s1, sm, o0, o1, om = feats.ent[i][:6]
         assert tok.decode(ids[s0:s1]).replace(" ", "") == ex.subj_text
         assert tok.decode(ids[o0:o1]).replace(" ", "") == ex.obj_text
         sep_at = ids.index(tok.sep_token_id, 1)
