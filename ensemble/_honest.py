@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from sklearn.base import clone
 
-from kfold.core.metrics import metric_fn, sign, softmax
+from kfold.core.metrics import auprc_labels, metric_fn, metric_name, sign, softmax
 
 from ._blenders import Blender
 
@@ -43,7 +43,7 @@ class BlendScores:
     honest: float
     in_sample: float
     weights: dict[str, float]
-
+    auprc_over: tuple[int, int] | None = None  # labels present in the OOF gold labels / all labels
     @property
     def best_member(self) -> tuple[str, float]:
         name = max(self.members, key=self.members.get)
@@ -56,11 +56,12 @@ class BlendScores:
     def lines(self) -> list[str]:
         """A readable report."""
         width = max(len(n) for n in self.members)
-        out = [f"{'member':<{width}}  OOF {self.metric:<9} weight"]
+        shown = metric_name(self.metric, self.auprc_over)
+        out = [f"{'member':<{width}}  OOF {shown:<9} weight"]
         for name, s in sorted(self.members.items(), key=lambda kv: -kv[1]):
             out.append(f"{name:<{width}}  {s:>13.2f} {self.weights.get(name, 0.0):>7.3f}")
         best_name, best = self.best_member
-        out.append(f"blend honest OOF {self.metric} (nested CV over the fold map): {self.honest:.2f}  "
+        out.append(f"blend honest OOF {shown} (nested CV over the fold map): {self.honest:.2f}  "
                    f"(in-sample {self.in_sample:.2f}); best member {best_name} {best:.2f}; gain {self.gain:+.2f}")
         return out
 
@@ -73,7 +74,7 @@ def score_blend(blender: Blender, names: list[str], logits: np.ndarray, y: np.nd
     honest_probs = honest_oof(blender, logits, y, folds)
     fitted = clone(blender).fit(logits, y)
     scores = BlendScores(metric, members, fn(y, honest_probs), fn(y, fitted.predict_proba(logits)),
-                         dict(zip(names, map(float, fitted.member_weights()))))
+                         dict(zip(names, map(float, fitted.member_weights()))), auprc_labels(y, len(label_names)))
     return fitted, scores, honest_probs
 
 

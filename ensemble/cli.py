@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kfold.core.errors import ConfigError, run_command
-from kfold.core.metrics import METRICS, all_scores
+from kfold.core.metrics import METRICS, all_scores, metric_name
 from submissions import FORMATS, check_submission, predicted_labels
 
 from ._blenders import METHODS, make_blender
@@ -108,7 +108,7 @@ def _print_comparison(members, results, metric: str) -> None:
     chosen = choose_method({r.method: r.scores.honest for r in results}, metric)
     best_name, best = results[0].scores.best_member
     _log(f"{len(members.names)} members on fold map {members.fold_map_hash[:12]}; best single run: {best_name} "
-         f"{metric} {best:.2f}")
+         f"{metric_name(metric, results[0].scores.auprc_over)} {best:.2f}")
     _log(f"{'method':<9} {'honest OOF':>10} {'in-sample':>9} {'gain':>6} {'seconds':>7}  weights")
     for r in results:
         s = r.scores

@@ -140,7 +140,7 @@ def _cmd_run(args) -> int:
     _log("")
     for cfg, out in results:
         if out.complete:
-            _log(f"{out.run.name}: OOF {format_scores(out.oof_scores)}  ->  {out.run.root}")
+            _log(f"{out.run.name}: OOF {format_scores(out.oof_scores, out.auprc_over)}  ->  {out.run.root}")
         else:
             missing = sorted(set(range(cfg.folds)) - set(out.trained) - set(out.skipped))
             _log(f"{out.run.name}: folds {missing} not complete yet (another process, or not in --fold); "

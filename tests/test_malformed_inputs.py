@@ -90,6 +90,14 @@ CASES = [
     ("semeval_no_tab", {"t.tsv": "Other A <e1>cat</e1> <e2>dog</e2>\n", "label.txt": "Other\nX"},
      CHECK + ["{d}/t.tsv", "--format", "semeval"], r"t\.tsv: row 1: found .*expected label<TAB>sentence"),
     # generic CSV
+    ("run_micro_f1_without_a_no_relation_label", {"t.csv": "id,sentence,subj_start,subj_end,obj_start,obj_end,label\n"
+                                                 "1,Kim met Lee,0,2,8,10,A\n2,Lee met Kim,0,2,8,10,NR\n", "l.txt": "A\nB\nNR"},
+     ["kfold", "run", "--data", "{d}/t.csv", "--labels", "{d}/l.txt", "--metric", "micro_f1", "--workdir", "{d}/w"],
+     r"micro_f1 leaves out the no-relation label, and these labels have none of .*: name it with --no-relation NAME"),
+    ("run_no_relation_that_is_not_a_label", {"t.csv": "id,sentence,subj_start,subj_end,obj_start,obj_end,label\n"
+                                             "1,Kim met Lee,0,2,8,10,A\n2,Lee met Kim,0,2,8,10,NR\n", "l.txt": "A\nB\nNR"},
+     ["kfold", "run", "--data", "{d}/t.csv", "--labels", "{d}/l.txt", "--no-relation", "N/A", "--workdir", "{d}/w"],
+     r"--no-relation 'N/A' is not one of the labels \[A, B, NR\]"),
     ("generic_missing_column", {"t.csv": "id,sentence,subj_start,subj_end,obj_start\n1,Kim met Lee,0,3,8\n", "l.txt": "a\nb"},
      CHECK + ["{d}/t.csv", "--format", "generic", "--labels", "{d}/l.txt"], r"t\.csv: row 1, field 'obj_end'"),
     # label files

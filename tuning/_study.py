@@ -24,7 +24,7 @@ import numpy as np
 
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError, ToolkitError
-from kfold.core.metrics import LOWER_IS_BETTER, METRICS
+from kfold.core.metrics import LOWER_IS_BETTER, METRICS, metric_fn
 
 PRUNERS = ("median", "wilcoxon", "none")
 DIRECTION = {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in METRICS}
@@ -194,6 +194,8 @@ def search(base: Config, settings: StudySettings, space: dict, n_trials: int, ti
     TS = optuna.trial.TrialState
     from ._space import suggest
 
+    if run_trial is None:  # the study's metric must be defined on the data's labels: refused before any trial
+        check_metric(base, settings)
     study = open_study(settings, base, space)
     if n_trials:
         added = queue_trials(study, settings, n_trials)
@@ -235,6 +237,15 @@ def search(base: Config, settings: StudySettings, space: dict, n_trials: int, ti
                                                                                f"at fold {trial.user_attrs.get('folds_done', '?')}")
         log(f"trial {trial.number} {state}: {result}  {shown}  ({secs:.0f}s)")
     return done
+
+
+def check_metric(base: Config, settings: StudySettings) -> None:
+    """ConfigError when the study's metric is not defined on the training labels (micro_f1 without a no-relation
+    label), so that no trial is started only to fail the same way."""
+    from kfold.data import load_data
+
+    data = load_data(base, settings.workdir, log=lambda m: None)
+    metric_fn(settings.metric, data.train.label_names, base.no_relation or None)
 
 
 def _was_queued(study, trial) -> bool:

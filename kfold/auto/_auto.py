@@ -17,7 +17,7 @@ from typing import Callable
 
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError, ToolkitError
-from kfold.core.metrics import has_directions
+from kfold.core.metrics import has_directions, metric_fn, metric_name
 from kfold.core.store import REFIT, RunDir
 from kfold.core.textio import read_json, write_json_atomic
 from kfold.data import load_data
@@ -135,6 +135,8 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
     workdir = Path(settings.workdir)
     base = settings.base
     data = load_data(base, workdir, log)
+    for metric in (base.metric, _blend_metric(settings, data)):  # defined on these labels? refused before training
+        metric_fn(metric, data.train.label_names, base.no_relation or None)
     if data.test is None and base.refit:  # a refit only predicts the test file
         base = base.replace(refit=False)
         settings.test_source = "folds"
@@ -216,9 +218,7 @@ def _blend(settings: AutoSettings, data, members: list[str], result: AutoResult,
     from ensemble import METHODS, choose_method, compare_methods, load_members, make_blender, write_blend
     from submissions import check_submission
 
-    metric = settings.blend_metric
-    if metric == "auto":
-        metric = "semeval" if has_directions(data.train.label_names) else "accuracy"
+    metric = _blend_metric(settings, data)
     # by folder, not by --runs pattern: run names may hold commas (split-minilm-s1+ep=1,avg=1)
     m = load_members([RunDir(Path(settings.workdir) / "runs" / name) for name in members],
                      need_test=data.test is not None, test_source=settings.test_source)
@@ -229,14 +229,15 @@ def _blend(settings: AutoSettings, data, members: list[str], result: AutoResult,
     result.method = chosen.method
     width = max(len(x) for x in members)
     log("")
-    log(f"{'run':<{width}}  OOF {metric} (each run alone)")
+    shown = metric_name(metric, chosen.scores.auprc_over)
+    log(f"{'run':<{width}}  OOF {shown} (each run alone)")
     for name, score in sorted(chosen.scores.members.items(), key=lambda kv: -kv[1]):
         log(f"{name:<{width}}  {score:.2f}")
-    log(f"{'method':<9} honest OOF {metric} (nested CV over the fold map)")
+    log(f"{'method':<9} honest OOF {shown} (nested CV over the fold map)")
     for r in results:
         log(f"{r.method:<9} {r.scores.honest:.2f}" + ("  <- chosen" if r is chosen else ""))
     weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(chosen.scores.weights.items(), key=lambda kv: -kv[1]) if v)
-    log(f"chosen blend: {chosen.method}, honest OOF {metric} {chosen.scores.honest:.2f} (best run alone "
+    log(f"chosen blend: {chosen.method}, honest OOF {shown} {chosen.scores.honest:.2f} (best run alone "
         f"{chosen.scores.best_member[1]:.2f}); weights: {weights}")
     if m.test is None:
         log("no --test file: no leaderboard file written (the honest OOF scores above are the result)")
@@ -253,6 +254,13 @@ def _blend(settings: AutoSettings, data, members: list[str], result: AutoResult,
     if test:
         log("test file is labelled; the written file scores: " + " ".join(f"{k} {v:.2f}" for k, v in test.items()))
     log(f"wrote {path} ({n} rows, format {settings.fmt}, checked) and {path.name}.manifest.json")
+
+
+def _blend_metric(settings: AutoSettings, data) -> str:
+    """The metric the blend method is chosen on: --blend-metric, or semeval for directed labels, else accuracy."""
+    if settings.blend_metric != "auto":
+        return settings.blend_metric
+    return "semeval" if has_directions(data.train.label_names) else "accuracy"
 
 
 def command_line() -> str:

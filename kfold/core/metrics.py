@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import unknown_name
+from .errors import ConfigError, unknown_name
 
 METRICS = ("accuracy", "micro_f1", "macro_f1", "auprc", "semeval", "logloss")
 #: Metrics where lower is better (every other metric is maximised).
@@ -29,6 +29,40 @@ def default_no_relation(label_names: Sequence[str]) -> str | None:
         if name in label_names:
             return name
     return None
+
+
+def no_relation_index(label_names: Sequence[str], no_relation: str | None = None) -> int:
+    """The column micro_f1 leaves out: ``no_relation`` when given, else the first of NO_RELATION_NAMES present.
+
+    Raises ConfigError, never a silent fallback to accuracy: the official KLUE code raises too when the label set
+    has no ``no_relation``.
+    """
+    names = list(label_names)
+    if no_relation:
+        if no_relation not in names:
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            raise ConfigError(f"--no-relation '{no_relation}' is not one of the labels [{shown}]")
+        return names.index(no_relation)
+    found = default_no_relation(names)
+    if found is None:
+        raise ConfigError(f"micro_f1 leaves out the no-relation label, and these labels have none of "
+                          f"{', '.join(NO_RELATION_NAMES)}: name it with --no-relation NAME (or choose another metric)")
+    return names.index(found)
+
+
+def has_no_relation(label_names: Sequence[str], no_relation: str | None = None) -> bool:
+    """Whether micro_f1 is defined for this label set (see :func:`no_relation_index`)."""
+    try:
+        no_relation_index(label_names, no_relation)
+    except ConfigError:
+        return False
+    return True
+
+
+def auprc_labels(y: np.ndarray, num_labels: int) -> tuple[int, int]:
+    """(labels present in the gold labels, all labels): AUPRC is the mean over the present ones. The official KLUE
+    code averages over all labels, where an absent label has no precision-recall curve (README, Metrics)."""
+    return int(len(np.unique(np.asarray(y)[np.asarray(y) >= 0]))), int(num_labels)
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, num_labels: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -183,14 +217,14 @@ def metric_fn(metric: str, label_names: Sequence[str], no_relation: str | None =
     Its attribute ``from_cm`` scores a (stack of) confusion matrices for the metrics that only need one (None for
     auprc and logloss), so that callers scoring several metrics build the matrices once.
     ``no_relation`` is the label micro_f1 leaves out (default: the first of 관계_없음 / no_relation /
-    Other / NA present) and the type semeval leaves out.
+    Other / NA present; ConfigError for micro_f1 when there is none) and the type semeval leaves out.
     """
     if metric not in METRICS:
         raise unknown_name("metric", metric, METRICS)
     names = list(label_names)
     k = len(names)
-    nr = no_relation if no_relation is not None else default_no_relation(names)
-    nr_idx = names.index(nr) if nr in names else None
+    nr = no_relation or default_no_relation(names)
+    nr_idx = no_relation_index(names, no_relation) if metric == "micro_f1" else None  # ConfigError when undefined
     from_cm = {
         "accuracy": accuracy_cm,
         "micro_f1": lambda cm: micro_f1_cm(cm, nr_idx),
@@ -233,12 +267,26 @@ def has_directions(label_names: Sequence[str]) -> bool:
     return any(DIRECTION.search(n) for n in label_names)
 
 
+def metrics_for(label_names: Sequence[str], no_relation: str | None = None) -> list[str]:
+    """The metrics defined for a label set: semeval only when the labels carry (e1,e2) directions, micro_f1 only
+    when a no-relation label is known (a column left out, never accuracy printed under its name)."""
+    return [m for m in METRICS if (m != "semeval" or has_directions(label_names))
+            and (m != "micro_f1" or has_no_relation(label_names, no_relation))]
+
+
 def all_scores(y: np.ndarray, probs: np.ndarray, label_names: Sequence[str], no_relation: str | None = None) -> dict[str, float]:
-    """Every metric of METRICS (semeval only when the labels carry (e1,e2) directions)."""
-    return {m: score(m, y, probs, label_names, no_relation) for m in METRICS
-            if m != "semeval" or has_directions(label_names)}
+    """Every metric of :func:`metrics_for` the label set."""
+    return {m: score(m, y, probs, label_names, no_relation) for m in metrics_for(label_names, no_relation)}
 
 
-def format_scores(scores: dict[str, float]) -> str:
-    """``accuracy 81.33 micro_f1 86.72 ...``: the one-line form of a score dict in logs."""
-    return " ".join(f"{k} {v:.2f}" for k, v in scores.items())
+def metric_name(metric: str, labels: tuple[int, int] | None = None) -> str:
+    """How a metric is named where its numbers are printed: AUPRC says over how many labels it was taken
+    (``auprc (over 28/30 labels)``; ``labels`` from :func:`auprc_labels`)."""
+    return f"auprc (over {labels[0]}/{labels[1]} labels)" if metric == "auprc" and labels else metric
+
+
+def format_scores(scores: dict[str, float], auprc_over: tuple[int, int] | None = None) -> str:
+    """``accuracy 81.33 micro_f1 86.72 ... auprc 94.76 (over 7/7 labels) ...``: the one-line form of a score dict
+    in logs; ``auprc_over`` is :func:`auprc_labels` of the rows scored."""
+    return " ".join(f"{k} {v:.2f}" + (f" (over {auprc_over[0]}/{auprc_over[1]} labels)" if k == "auprc" and auprc_over
+                                       else "") for k, v in scores.items())

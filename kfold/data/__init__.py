@@ -16,6 +16,9 @@ _EXPORTS = {
     "Example": "._schema",
     "Dataset": "._schema",
     "Repair": "._schema",
+    "Overlap": "._schema",
+    "Skipped": "._schema",
+    "overlap_kind": "._schema",
     # _labels
     "read_label_file": "._labels",
     "find_label_file": "._labels",

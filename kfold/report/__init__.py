@@ -17,8 +17,12 @@ _EXPORTS = {
     "write_report": "._table",
     "render": "._table",
     "RunRow": "._table",
-    "bootstrap_weights": "._table",
     "seed_group": "._table",
+    "table_notes": "._table",
+    # _intervals
+    "stratified_weights": "._intervals",
+    "bc_interval": "._intervals",
+    "INTERVAL_METHOD": "._intervals",
     # _compute
     "LabelScore": "._compute",
     "per_label": "._compute",

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -27,12 +29,35 @@ def _plt():
     return plt
 
 
+#: Font file names that may hold Hangul/CJK glyphs (looked at when matplotlib's font list has none of CJK_FONTS).
+_CJK_FILES = ("nanum", "noto", "cjk", "malgun", "gothic", "undotum", "sourcehan", "unfonts")
+
+
+@functools.lru_cache(maxsize=1)
 def cjk_font() -> str | None:
-    """The first installed font of CJK_FONTS (label names in Korean need one), or None."""
+    """The first installed font of CJK_FONTS (label names in Korean need one), or None when none is installed.
+
+    matplotlib lists fonts from a cache built when it first ran; a font installed since (Debian's fonts-nanum after
+    the first chart) is not in it. So when the list has none, the system's font files whose names suggest CJK are
+    added to it (``addfont``, for this process; the cache file is left alone) and the list is asked again.
+    """
     from matplotlib import font_manager
 
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    return next((name for name in CJK_FONTS if name in installed), None)
+    manager = font_manager.fontManager
+
+    def first() -> str | None:
+        installed = {f.name for f in manager.ttflist}
+        return next((name for name in CJK_FONTS if name in installed), None)
+
+    if first() is None:
+        known = {f.fname for f in manager.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in known and any(part in Path(path).name.lower() for part in _CJK_FILES):
+                try:
+                    manager.addfont(path)
+                except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read
+                    continue
+    return first()
 
 
 def _png(fig, tight: bool = True) -> bytes:
@@ -56,7 +81,7 @@ def forest(names: Sequence[str], scores: Sequence[float], lows: Sequence[float],
                 ecolor="0.35", capsize=3)
     ax.set_yticks(pos)
     ax.set_yticklabels(names, fontsize=8)
-    ax.set_xlabel(f"OOF {metric} (95% bootstrap interval)")
+    ax.set_xlabel(f"OOF {metric} (95% interval: stratified bootstrap, bias-corrected)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
@@ -98,27 +123,34 @@ def confusion_heatmap(c: Confusions) -> bytes:
     return _png(fig)
 
 
-def curves(run: str, folds: list[Curve], metric: str) -> bytes:
-    """Training loss and the validation metric per epoch, one line per fold."""
+def curves(run: str, folds: list[Curve], metric: str, scored: bool = True) -> bytes:
+    """Training loss and (when ``scored``: some epoch was scored on the validation rows) the validation metric per
+    epoch, one line per fold; whole epochs on the x axis (one tick each, up to 12 epochs)."""
     plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 2.6))
+    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(8 if scored else 4.2, 2.6), squeeze=False)
+    ax1, ax2 = axes[0][0], axes[0][1] if scored else None
     for c in folds:
         ax1.plot(c.epochs, c.loss, marker="o", ms=3, label=f"fold {c.fold}")
-        scored = [(e, m) for e, m in zip(c.epochs, c.metric) if m is not None]
-        if scored:
-            ax2.plot(*zip(*scored), marker="o", ms=3, label=f"fold {c.fold}")
+        points = [(e, m) for e, m in zip(c.epochs, c.metric) if m is not None]
+        if ax2 is not None and points:
+            ax2.plot(*zip(*points), marker="o", ms=3, label=f"fold {c.fold}")
     ax1.set_title(f"{run}: training loss", fontsize=8)
-    ax2.set_title(f"validation {metric}" if any(m is not None for c in folds for m in c.metric)
-                  else "validation not scored per epoch (--no-epoch-scores)", fontsize=8)
+    if ax2 is not None:
+        ax2.set_title(f"validation {metric}", fontsize=8)
     from matplotlib.ticker import MaxNLocator
 
-    for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    last = max((max(c.epochs) for c in folds if c.epochs), default=1)
+    for ax in [a for a in (ax1, ax2) if a is not None]:
+        ax.set_xlim(0.5, last + 0.5)  # a one-epoch run is one point at epoch 1, not an axis of 0.95 ... 1.05
+        if last <= 12:
+            ax.set_xticks(range(1, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=6)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.17, top=0.88, wspace=0.2)
+    fig.subplots_adjust(left=0.07 if scored else 0.14, right=0.98, bottom=0.17, top=0.88, wspace=0.2)
     return _png(fig, tight=False)
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from kfold.core.metrics import metric_name
 from kfold.core.store import RunDir, load_predictions
 from kfold.core.textio import write_text_atomic
 
@@ -116,7 +117,7 @@ def build_html(workdir: str | Path, tables, metric: str, out_dir: str | Path, *,
 
 
 def _runs(tables, metric: str) -> str:
-    from ._table import _cells, _header
+    from ._table import _cells, _header, table_notes
 
     parts = []
     for rows in tables:
@@ -124,9 +125,11 @@ def _runs(tables, metric: str) -> str:
         metrics = [k for k in rows[0].scores]
         parts.append(f"<h3>Fold map {html.escape(rows[0].fold_map_hash[:12])} ({rows[0].n} OOF rows, majority class "
                      f"{rows[0].extra['majority']:.2f})</h3>")
-        parts.append(_table(_header(metrics, m), [_cells(r, metrics, m) for r in rows]))
+        parts.append(_table(_header(metrics, m, rows[0].extra["auprc_over"]), [_cells(r, metrics, m) for r in rows]))
+        parts.append("".join(f"<p>{html.escape(note)}</p>" for note in table_notes(rows)))
         parts.append(_img(draw.forest([r.run for r in rows], [r.scores[m] for r in rows], [r.ci[m][0] for r in rows],
-                                      [r.ci[m][1] for r in rows], m), f"forest plot of {m}"))
+                                      [r.ci[m][1] for r in rows], metric_name(m, rows[0].extra["auprc_over"])),
+                          f"forest plot of {m}"))
     return "".join(parts)
 
 
@@ -155,7 +158,12 @@ def _curves(workdir: Path, tables, metric: str, limit: int | None) -> str:
                 continue
             folds = training_curves(RunDir(workdir / "runs" / r.run), metric)
             if folds and any(c.epochs for c in folds):
-                parts.append(_img(draw.curves(r.run, folds, metric), f"training curves of {r.run}"))
+                scored = any(m is not None for c in folds for m in c.metric)
+                parts.append(_img(draw.curves(r.run, folds, metric, scored), f"training curves of {r.run}"))
+                if not scored:  # no chart of nothing: the reason instead
+                    parts.append(f"<p>{html.escape(r.run)}: validation {html.escape(metric)} not drawn: the folds "
+                                 "were scored once, after the weight average, not after each epoch "
+                                 "(--no-epoch-scores).</p>")
     if not parts:
         return _absent("no fold recorded its epochs")
     if left:

@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kfold.core.errors import StoreError
-from kfold.core.metrics import METRICS, confusion, has_directions, majority_accuracy, metric_fn, sign, softmax
+from kfold.core.errors import ConfigError, StoreError
+from kfold.core.metrics import (METRICS, auprc_labels, confusion, majority_accuracy, metric_fn, metric_name, metrics_for,
+                                sign, softmax)
 from kfold.core.store import Predictions, RunDir, list_runs, load_predictions
 from kfold.core.textio import read_json, write_text_atomic
+
+from ._intervals import INTERVAL_METHOD, bc_interval, stratified_weights
 
 
 @dataclass
@@ -43,19 +46,9 @@ class RunRow:
     extra: dict = field(default_factory=dict)
 
 
-def bootstrap_weights(n: int, b: int, seed: int) -> np.ndarray:
-    """[b, n] resampling counts (rows drawn with replacement, n per resample)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
-
-
 def seed_group(run_name: str) -> str:
     """The run name with its training seed taken out: runs that differ only in seed share it."""
     return re.sub(r"-s\d+(?=$|[-+])", "-s*", run_name, count=1)
-
-
-def _metrics_for(label_names) -> list[str]:
-    return [m for m in METRICS if m != "semeval" or has_directions(label_names)]
 
 
 def build_report(workdir: str | Path, pattern: str = "*", metric: str = "accuracy", n_boot: int = 1000,
@@ -114,12 +107,18 @@ def _aligned(oof: Predictions, ids: np.ndarray) -> Predictions:
 def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[RunRow]:
     ids = members[0][1].ids
     names = members[0][1].label_names
-    metrics = _metrics_for(names)
-    if metric not in metrics:
-        metric = "accuracy"
-    weights = bootstrap_weights(len(ids), n_boot, seed)
+    y = members[0][1].y
+    metrics = metrics_for(names, no_relation)
+    if metric not in metrics:  # compared by a metric these labels do not define: refused, never replaced
+        metric_fn(metric, names, no_relation)  # micro_f1 without a no-relation label: its own message
+        raise ConfigError(f"--metric {metric}: defined for labels with directions like 'Cause-Effect(e1,e2)'; "
+                          f"these {len(names)} labels have none (choose another --metric)")
+    # resampled within each gold label: every resample keeps every label (kfold.report._intervals)
+    weights = stratified_weights(y, n_boot, seed)
     fns = {m: metric_fn(m, names, no_relation) for m in metrics}
-    majority = majority_accuracy(members[0][1].y)
+    extra = {"metric": metric, "majority": majority_accuracy(y), "auprc_over": auprc_labels(y, len(names)),
+             "left_out": [] if "micro_f1" in metrics else
+             ["micro_f1 (no no-relation label among the labels; name one with --no-relation NAME)"]}
 
     def scored(member):
         run, oof = member
@@ -136,13 +135,13 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
                 # 200 resamples when it is the metric compared by, 100 for its interval column alone
                 w = weights if m != "auprc" else weights[: min(200 if metric == "auprc" else 100, n_boot)]
                 scores[m], dist = fns[m](oof.y, probs), fns[m](oof.y, probs, w)
-            ci[m] = (float(np.percentile(dist, 2.5)), float(np.percentile(dist, 97.5)))
+            ci[m] = bc_interval(scores[m], dist)
             if m == metric:
                 dist_of_metric = dist
         per_fold = [fns[metric](oof.y[oof.folds == f], probs[oof.folds == f]) for f in np.unique(oof.folds)]
         row = RunRow(run.name, oof.fold_map_hash, len(ids), scores, ci, float(np.mean(per_fold)),
                      float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0, seed_group=seed_group(run.name),
-                     fold_minutes=_fold_minutes(run), extra={"metric": metric, "majority": majority})
+                     fold_minutes=_fold_minutes(run), extra=extra)
         return row, dist_of_metric
 
     # runs scored side by side: only numpy's larger sorts, gathers and sums release the GIL, so on 2 cores this
@@ -190,9 +189,21 @@ def _cells(r: RunRow, metrics: list[str], metric: str) -> list[str]:
     return out
 
 
-def _header(metrics: list[str], metric: str) -> list[str]:
-    return (["run"] + [f"{m} [95% CI]" for m in metrics] + [f"{metric} per fold", f"{metric} seed sd",
-            "P(beats best)", "min/fold"])
+def _header(metrics: list[str], metric: str, auprc_over: tuple[int, int] | None = None) -> list[str]:
+    return (["run"] + [f"{metric_name(m, auprc_over)} [95% CI]" for m in metrics]
+            + [f"{metric} per fold", f"{metric} seed sd", "P(beats best)", "min/fold"])
+
+
+def table_notes(rows: list[RunRow]) -> list[str]:
+    """What a table's numbers are: the interval method, over how many labels AUPRC is taken (and why that can
+    differ from the official KLUE code), and the metric columns left out."""
+    present, total = rows[0].extra["auprc_over"]
+    out = [f"95% intervals: {INTERVAL_METHOD}.",
+           f"AUPRC: the mean over the {present} of {total} labels present in the gold labels"
+           + ("." if present == total else "; the official KLUE code averages over all labels, where a label without "
+              "rows has no precision-recall curve, so it would differ here.")]
+    out += [f"Not shown: {what}." for what in rows[0].extra["left_out"]]
+    return out
 
 
 def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
@@ -201,11 +212,11 @@ def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["fold_map", "run", "n"] + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
-                    + ["fold_mean", "fold_std", "seed_std", "seeds", "win_rate", "minutes_per_fold"])
+                    + ["fold_mean", "fold_std", "seed_std", "seeds", "win_rate", "minutes_per_fold", "auprc_labels"])
     for rows in tables:
         metrics = [m for m in METRICS if m in rows[0].scores]
         chosen = rows[0].extra["metric"]
-        head = _header(metrics, chosen)
+        head = _header(metrics, chosen, rows[0].extra["auprc_over"])
         body = [_cells(r, metrics, chosen) for r in rows]
         title = (f"fold map {rows[0].fold_map_hash[:12]} ({rows[0].n} OOF rows, majority-class accuracy "
                  f"{rows[0].extra['majority']:.2f}); sorted by {chosen}; P(beats best) = share of paired bootstrap "
@@ -214,12 +225,12 @@ def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
         term.append(title)
         term.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
         term.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body)
-        term.append("")
+        term.extend(table_notes(rows) + [""])
         md.append(f"**{title}**\n")
         md.append("| " + " | ".join(head) + " |")
         md.append("|" + "|".join("---" for _ in head) + "|")
         md.extend("| " + " | ".join(row) + " |" for row in body)
-        md.append("")
+        md.extend([""] + table_notes(rows) + [""])
         for r in rows:
             cells = []
             for m in METRICS:
@@ -227,7 +238,8 @@ def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
             writer.writerow([r.fold_map_hash, r.run, r.n] + cells
                             + [f"{r.fold_mean:.4f}", f"{r.fold_std:.4f}", "" if r.seed_std is None else f"{r.seed_std:.4f}",
                                r.seeds, "" if r.win_rate is None else f"{r.win_rate:.4f}",
-                               "" if r.fold_minutes is None else f"{r.fold_minutes:.2f}"])
+                               "" if r.fold_minutes is None else f"{r.fold_minutes:.2f}",
+                               "{}/{}".format(*r.extra["auprc_over"])])
     if len(tables) > 1:
         note = f"note: {len(tables)} fold maps in this workdir; runs are only compared within one fold map."
         term.append(note)

@@ -13,7 +13,7 @@ import numpy as np
 
 from kfold.core.config import Config, environment
 from kfold.core.errors import ConfigError, StoreError
-from kfold.core.metrics import all_scores, majority_accuracy, softmax
+from kfold.core.metrics import all_scores, auprc_labels, majority_accuracy, metric_fn, no_relation_index, softmax
 from kfold.core.store import REFIT, Predictions, RunDir, save_predictions
 from kfold.core.textio import write_json_atomic
 from kfold.data import LoadedData, inverse_labels, list_path, load_data, swap_entities
@@ -58,6 +58,7 @@ class RunOutcome:
     complete: bool = False
     oof_scores: dict[str, float] = field(default_factory=dict)
     majority_accuracy: float = 0.0
+    auprc_over: tuple[int, int] | None = None  # labels present in the OOF gold labels / all labels
 
 
 def skipped_rows(ds) -> int:
@@ -93,6 +94,10 @@ def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap) -> 
 def prepare(cfg: Config, workdir: str | Path, log: Callable[[str], None] = print):
     """Load data, the fold map, the tokenizer and the (cached) token features of a config."""
     data = load_data(cfg, workdir, log)
+    # the metric must be defined on these labels (micro_f1 needs a no-relation label): refused now, not after training
+    metric_fn(cfg.metric, data.train.label_names, cfg.no_relation or None)
+    if cfg.no_relation:
+        no_relation_index(data.train.label_names, cfg.no_relation)
     datasets = [data.train] + ([data.test] if data.test else [])
     check_marker(cfg.marker, all(ds.has_types for ds in datasets), data.train.path)
     fm = fold_map_for(workdir, data.train, cfg.folds, cfg.fold_seed, cfg.group, log)
@@ -204,7 +209,7 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
             "fold_map": {"path": fm.path, "hash": fm.hash, "k": fm.k, "seed": fm.seed, "group": fm.group},
             "fold_map_hash": fm.hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
-    outcome = RunOutcome(run, majority_accuracy=majority_accuracy(y))
+    outcome = RunOutcome(run, majority_accuracy=majority_accuracy(y), auprc_over=auprc_labels(y, len(data.train.label_names)))
     wanted = list(range(cfg.folds)) if folds is None else list(folds)
 
     def train_part(part: int | str) -> dict:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError, TrainingError
-from kfold.core.metrics import all_scores, better, format_scores, softmax
+from kfold.core.metrics import all_scores, auprc_labels, better, format_scores, softmax
 from kfold.core.variants import get_variant
 from kfold.data import unswap_logits
 from kfold.encoding import (Features, accumulation_steps, collate, find_micro_batch, is_oom, length_grouped_batches,
@@ -286,6 +286,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
             raise TrainingError(f"{where} {what}: validation logits are not finite")
         return logits, all_scores(data.y_valid, softmax(logits), label_names, cfg.no_relation or None)
 
+    auprc_over = auprc_labels(data.y_valid, num_labels)  # the labels the validation rows hold (log lines say so)
     micro = math.ceil(cfg.batch_size / cfg.grad_accum)
     if cfg.auto_micro_batch:
         longest = np.argsort(-data.train.lengths, kind="stable")[: cfg.batch_size]
@@ -363,7 +364,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         scored = len(data.valid) and (cfg.epoch_scores or not cfg.average_epochs)
         valid_logits, scores = evaluate(eval_model, f"epoch {epoch + 1}") if scored else (no_rows, {})
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
-        shown = f" {format_scores(scores)}" if scores else ""
+        shown = f" {format_scores(scores, auprc_over)}" if scores else ""
         log(f"{where} epoch {epoch + 1}: loss {np.mean(losses):.4f}{shown} ({epoch_seconds:.0f}s)")
         if cfg.average_epochs:
             if epoch + 1 in averaged_epochs:
@@ -384,7 +385,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         what = f"weights averaged over epochs {averaged_epochs[0]}-{averaged_epochs[-1]}"
         valid_logits, scores = evaluate(eval_model, what) if len(data.valid) else (no_rows, {})
         history.append({"epoch": "average", "averaged_epochs": list(averaged_epochs), **scores})
-        log(f"{where} {what}" + (f": {format_scores(scores)}" if scores else ""))
+        log(f"{where} {what}" + (f": {format_scores(scores, auprc_over)}" if scores else ""))
         best = (scores.get(cfg.metric, float("nan")), cfg.epochs, valid_logits, scores, None)
     assert best is not None
     _, best_epoch, valid_logits, best_scores, state = best

@@ -144,3 +144,18 @@ def test_blend_method_best_writes_the_method_compare_chooses(store, capsys):
     assert manifest["method"] == chosen[0].split()[1]
     oof = np.load(out.with_name("best.csv.oof.npz"))  # the blend's honest OOF predictions, in the store's schema
     assert oof["logits"].shape == (90, 3) and np.allclose(np.exp(oof["logits"]).sum(1), 1, atol=1e-4)
+
+
+def test_micro_f1_as_the_blend_metric_needs_a_no_relation_label(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 60)
+    for name in ("a-x-s1", "b-x-s1"):
+        fake_run(tmp_path, name, noisy_member(y, 3, 1.5, rng), y, np.arange(60) % 3, ("A", "B", "NR"),
+                 noisy_member(y[:10], 3, 1.0, rng))
+    assert main(["compare", "--workdir", str(tmp_path), "--metric", "micro_f1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "micro_f1 leaves out the no-relation label" in err[0] and "--no-relation NAME" in err[0]
+    assert main(["compare", "--workdir", str(tmp_path), "--metric", "micro_f1", "--no-relation", "NR"]) == 0
+    assert main(["blend", "--workdir", str(tmp_path), "--metric", "micro_f1", "--format", "generic",
+                 "--out", str(tmp_path / "s.csv")]) == 2
+    assert not (tmp_path / "s.csv").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kfold.core.errors import ConfigError
 from kfold.core.metrics import all_scores, metric_fn, score
 
 
@@ -21,8 +22,10 @@ def test_micro_f1_excludes_no_relation_hand_case():
     y = np.array([0, 1, 2, 1, 0])
     got = score("micro_f1", y, onehot([1, 1, 0, 1, 0], 3), ["no_relation", "b", "c"])
     assert got == pytest.approx(200 / 3)
-    # with no label excluded it is plain accuracy-like micro F1 = 3/5
-    assert score("micro_f1", y, onehot([1, 1, 0, 1, 0], 3), ["x", "b", "c"]) == pytest.approx(60.0)
+    # no no-relation label among the names: refused (never accuracy under micro_f1's name), unless one is named
+    with pytest.raises(ConfigError, match=r"micro_f1 leaves out the no-relation label.*--no-relation NAME"):
+        score("micro_f1", y, onehot([1, 1, 0, 1, 0], 3), ["x", "b", "c"])
+    assert score("micro_f1", y, onehot([1, 1, 0, 1, 0], 3), ["x", "b", "c"], no_relation="x") == pytest.approx(200 / 3)
 
 
 def test_macro_f1_hand_case():
@@ -92,3 +95,45 @@ def test_all_scores_adds_semeval_only_for_directional_labels():
     y = np.array([0, 1])
     assert "semeval" not in all_scores(y, onehot([0, 1], 2), ["no_relation", "x"])
     assert "semeval" in all_scores(y, onehot([0, 1], 2), ["Other", "A(e1,e2)"])
+
+
+def test_micro_f1_and_auprc_equal_the_official_klue_functions():
+    """Fixtures: 12 random prediction sets over KLUE's 30 labels (every label among the gold labels; scores rounded
+    to 1-3 decimals, so many ties; two sets predict no_relation everywhere), scored once with the official
+    ``klue_re_micro_f1`` and ``klue_re_auprc`` of KLUE-baseline (klue_baseline/metrics/functional.py, commit
+    443c38b; scikit-learn 1.9.1). The official code is not copied here: no licence was found with it."""
+    from pathlib import Path
+
+    z = np.load(Path(__file__).with_name("klue_official.npz"))
+    names = [str(n) for n in z["label_names"]]
+    for i in range(len(z["micro_f1"])):
+        a, b = z["offsets"][i], z["offsets"][i + 1]
+        y, probs = z["labels"][a:b].astype(np.int64), z["probs"][a:b]
+        assert len(np.unique(y)) == 30
+        assert score("micro_f1", y, probs, names) == pytest.approx(z["micro_f1"][i], rel=1e-12, abs=1e-12)
+        assert score("auprc", y, probs, names) == pytest.approx(z["auprc"][i], rel=1e-12, abs=1e-12)
+    assert (z["micro_f1"][8:10] == 0).all()  # the all-no_relation sets
+
+
+def test_auprc_over_the_labels_present_and_says_how_many():
+    from sklearn.metrics import auc, precision_recall_curve
+
+    from kfold.core.metrics import auprc_labels, format_scores, metric_name
+
+    rng = np.random.default_rng(3)
+    y = rng.choice([0, 1, 3], 80)  # labels 2 and 4 absent
+    probs = rng.dirichlet(np.ones(5), 80)
+    present = [c for c in range(5) if (y == c).any()]
+    by_hand = np.mean([auc(*precision_recall_curve(y == c, probs[:, c])[1::-1]) for c in present]) * 100
+    assert score("auprc", y, probs, list("abcde")) == pytest.approx(by_hand)
+    assert auprc_labels(y, 5) == (3, 5)
+    assert metric_name("auprc", (3, 5)) == "auprc (over 3/5 labels)" and metric_name("accuracy", (3, 5)) == "accuracy"
+    assert format_scores({"accuracy": 50.0, "auprc": 61.234}, (3, 5)) == "accuracy 50.00 auprc 61.23 (over 3/5 labels)"
+
+
+def test_micro_f1_column_is_left_out_without_a_no_relation_label_and_a_wrong_name_is_refused():
+    y, probs = np.array([0, 1, 2]), np.eye(3)
+    assert "micro_f1" not in all_scores(y, probs, ["A", "B", "NR"])
+    assert all_scores(y, probs, ["A", "B", "NR"], no_relation="NR")["micro_f1"] == pytest.approx(100.0)
+    with pytest.raises(ConfigError, match=r"--no-relation 'none_such' is not one of the labels \[A, B, NR\]"):
+        metric_fn("micro_f1", ["A", "B", "NR"], "none_such")

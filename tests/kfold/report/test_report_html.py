@@ -262,3 +262,72 @@ def test_curves_limit_names_the_runs_left_out(full_store, capsys):
     assert "not drawn for 1 more" in page.sections["curves"]
     assert main(["report", "--workdir", str(full_store), "--curves", "some"]) == 2
     assert "--curves: found 'some'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fresh_font_lookup():
+    """cjk_font() is cached per process: look again in the test, and again after it (its patches undone)."""
+    from kfold.report import _draw
+
+    _draw.cjk_font.cache_clear()
+    yield _draw
+    _draw.cjk_font.cache_clear()
+
+
+def test_cjk_font_is_found_when_matplotlibs_font_cache_predates_it(fresh_font_lookup, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from matplotlib import font_manager
+
+    draw = fresh_font_lookup
+    files = [p for p in font_manager.findSystemFonts() if any(k in Path(p).name.lower() for k in ("nanum", "notosanscjk"))]
+    if not files:
+        pytest.skip("no CJK font file on this machine (CI installs Debian's fonts-nanum)")
+    manager = font_manager.fontManager
+    # the font list as a cache built before the font was installed would have it
+    monkeypatch.setattr(manager, "ttflist", [f for f in manager.ttflist if f.name not in draw.CJK_FONTS])
+    assert draw.cjk_font() in draw.CJK_FONTS
+    _fake_store(tmp_path)
+    assert main(["report", "--workdir", str(tmp_path), "--bootstrap", "50"]) == 0
+    assert "empty boxes" not in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_no_font_notice_only_when_no_cjk_font_is_installed(fresh_font_lookup, monkeypatch, tmp_path):
+    from matplotlib import font_manager
+
+    draw = fresh_font_lookup
+    manager = font_manager.fontManager
+    monkeypatch.setattr(manager, "ttflist", [f for f in manager.ttflist if f.name not in draw.CJK_FONTS])
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
+    assert draw.cjk_font() is None
+    _fake_store(tmp_path)
+    assert main(["report", "--workdir", str(tmp_path), "--bootstrap", "50"]) == 0
+    assert "Charts draw these label names as empty boxes" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_curves_show_whole_epochs_and_an_unscored_validation_chart_is_a_line_of_text(monkeypatch):
+    from kfold.report import _draw
+    from kfold.report._compute import Curve
+
+    figures = []
+    monkeypatch.setattr(_draw, "_png", lambda fig, tight=True: figures.append(fig) or b"")
+    _draw.curves("r", [Curve(0, [1], [0.9], [71.0]), Curve(1, [1], [0.8], [70.0])], "accuracy")
+    loss, valid = figures[-1].axes
+    assert list(loss.get_xticks()) == [1] and list(valid.get_xticks()) == [1] and loss.get_xlim() == (0.5, 1.5)
+    _draw.curves("r", [Curve(0, [1, 2, 3], [0.9, 0.5, 0.4], [None, None, None])], "accuracy", scored=False)
+    assert len(figures[-1].axes) == 1 and list(figures[-1].axes[0].get_xticks()) == [1, 2, 3]
+
+
+def test_page_says_why_validation_curves_are_missing(tmp_path):
+    from kfold.core.store import RunDir
+    from kfold.core.textio import write_json_atomic
+
+    _fake_store(tmp_path)
+    run = RunDir(tmp_path / "runs" / "split-m-s1")
+    for fold in range(3):  # completion records of folds scored once, after the weight average
+        write_json_atomic(run.fold_dir(fold) / "done.json", {"files": {}, "best_epoch": 2, "metrics": {}, "history": [
+            {"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}, {"epoch": "average", "accuracy": 70.0}]})
+    write_json_atomic(run.config_path, {**run.read_config(), "config": {"folds": 3}})
+    assert main(["report", "--workdir", str(tmp_path), "--bootstrap", "50"]) == 0
+    page = _parse(tmp_path / "report" / "report.html")
+    assert "split-m-s1: validation accuracy not drawn: the folds were scored once" in page.sections["curves"]
