@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args) -> int:
     from kfold.core.config import make_config, overrides_from_args
     from kfold.core.variants import parse_variants
-    from kfold.training import run_kfold
+    from kfold.training import run_many
 
     overrides = overrides_from_args(args)
     base = make_config(args.config, overrides, args.preset)
@@ -128,13 +128,10 @@ def _cmd_run(args) -> int:
     note = precision_note(base.precision, pick_device(base.device))  # once: precision/device are not per variant
     if note:
         _log(note)
-    results = []
-    for backbone in backbones:
-        for variant in variants:
-            for seed in seeds:
-                cfg = base.replace(variant=variant, backbone=backbone, seed=seed)
-                outcome = run_kfold(cfg, args.workdir, folds=folds, tag=args.tag, log=_log)
-                results.append((cfg, outcome))
+    # every run's parts in one queue: with --cluster, every slot stays busy across run boundaries
+    cfgs = [base.replace(variant=variant, backbone=backbone, seed=seed)
+            for backbone in backbones for variant in variants for seed in seeds]
+    results = list(zip(cfgs, run_many(cfgs, args.workdir, folds=folds, tag=args.tag, log=_log)))
     from kfold.core.metrics import format_scores
 
     _log("")

@@ -19,7 +19,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 #: Keys that may never be tuned: the seed (tuning it is overfitting to noise), data and folds.
 FORBIDDEN = ("seed", "fold_seed", "folds", "group", "data", "test", "labels", "format", "columns", "metric",
              "device", "threads", "save_models", "offsets", "repair_window", "too_far", "overlap", "bad_rows",
-             "no_relation")
+             "no_relation", "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries")
 _KINDS = ("float", "int", "categorical")
 
 

@@ -177,22 +177,28 @@ def queue_trials(study, settings: StudySettings, n_trials: int) -> int:
 
 
 def search(base: Config, settings: StudySettings, space: dict, n_trials: int, timeout: float | None = None,
-           log: Callable[[str], None] = print, run_trial: Callable | None = None) -> dict[str, int]:
+           log: Callable[[str], None] = print, run_trial: Callable | None = None, slots: int | None = None
+           ) -> dict[str, int]:
     """Work on a study until no queued trial is left (or ``timeout`` seconds have passed).
+
+    With a cluster (``base.cluster``: local, HOST:PORT, or auto choosing one) trials run side by side, one per slot:
+    this process owns the study (ask and tell against its storage) and each trial's fold scores come back to it for
+    per-fold pruning, so the workers need no database access.
 
     Parameters
     ----------
     base: the k-fold settings every trial starts from. settings: study name, storage, metric, pruner.
     space: from :func:`tuning.load_space`. n_trials: trials wanted in the study in total (0: only help
     with trials already queued). run_trial: ``(config, tag, on_fold) -> score`` (tests pass tiny runs).
+    slots: trials at once (default: the cluster's slots; 1 in-process).
 
     Returns
     -------
     Counts of the trials this process finished by state.
     """
-    optuna = _optuna()
-    TS = optuna.trial.TrialState
-    from ._space import suggest
+    import threading
+
+    from kfold.training import shared_executors
 
     if run_trial is None:  # the study's metric must be defined on the data's labels: refused before any trial
         check_metric(base, settings)
@@ -200,9 +206,40 @@ def search(base: Config, settings: StudySettings, space: dict, n_trials: int, ti
     if n_trials:
         added = queue_trials(study, settings, n_trials)
         log(f"study '{settings.study}' ({settings.storage_url()}): {added} trial(s) queued, target {n_trials}")
-    run_trial = run_trial or _kfold_trial(settings)
-    started = time.monotonic()
-    done = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+    with shared_executors(base, log=log) as (cluster_slots, make):
+        workers = slots or cluster_slots
+        trial_fn = run_trial or _kfold_trial(settings, make)
+        counts = [{"COMPLETE": 0, "PRUNED": 0, "FAIL": 0} for _ in range(workers)]
+        started = time.monotonic()
+        if workers == 1:
+            _work(study, base, settings, space, trial_fn, counts[0], started, timeout, log)
+        else:
+            log(f"{workers} trials side by side, one per slot; this process keeps the study and decides pruning")
+            errors: list[BaseException] = []
+
+            def work(done: dict) -> None:
+                try:
+                    _work(study, base, settings, space, trial_fn, done, started, timeout, log)
+                except BaseException as exc:  # noqa: BLE001 - raised in the calling thread below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=work, args=(done,), daemon=True) for done in counts]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise errors[0]
+    return {state: sum(c[state] for c in counts) for state in counts[0]}
+
+
+def _work(study, base: Config, settings: StudySettings, space: dict, run_trial: Callable, done: dict, started: float,
+          timeout: float | None, log: Callable[[str], None]) -> None:
+    """Take queued trials one after another until none is left (one thread per slot runs this)."""
+    optuna = _optuna()
+    TS = optuna.trial.TrialState
+    from ._space import suggest
+
     while timeout is None or time.monotonic() - started < timeout:
         with _queue_lock(settings):
             optuna.storages.fail_stale_trials(study)  # re-queues trials of workers that died
@@ -236,7 +273,6 @@ def search(base: Config, settings: StudySettings, space: dict, n_trials: int, ti
         result = f"{settings.metric} {value:.3f}" if state == "COMPLETE" else (reason if state == "FAIL" else
                                                                                f"at fold {trial.user_attrs.get('folds_done', '?')}")
         log(f"trial {trial.number} {state}: {result}  {shown}  ({secs:.0f}s)")
-    return done
 
 
 def check_metric(base: Config, settings: StudySettings) -> None:
@@ -290,13 +326,18 @@ def _fold_value(record: dict, metric: str) -> float:
     return float(record["metrics"][metric])
 
 
-def _kfold_trial(settings: StudySettings) -> Callable:
-    """The real trial: a k-fold run in the study's workdir; its score is the OOF metric."""
+def _kfold_trial(settings: StudySettings, make_executor: Callable) -> Callable:
+    """The real trial: a k-fold run in the study's workdir, on an executor of its own (one slot of the cluster);
+    its score is the OOF metric."""
 
     def run(cfg: Config, tag: str, on_fold) -> float:
         from kfold.training import run_kfold
 
-        out = run_kfold(cfg, settings.workdir, tag=tag, on_fold=on_fold, log=lambda m: None)
+        executor = make_executor()
+        try:
+            out = run_kfold(cfg, settings.workdir, tag=tag, on_fold=on_fold, log=lambda m: None, executor=executor)
+        finally:
+            executor.close()
         if not out.complete:
             raise ToolkitError(f"folds {out.busy} are being trained by another process")
         return out.oof_scores[settings.metric]

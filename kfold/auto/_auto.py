@@ -23,7 +23,8 @@ from kfold.core.textio import read_json, write_json_atomic
 from kfold.data import load_data
 from kfold.training import Speed
 
-from ._plan import MIN_EPOCHS, Plan, Size, candidates, choose_shape, make_plan, run_seconds
+from ._plan import (MIN_EPOCHS, SAFETY, Plan, Size, candidates, choose_shape, make_plan, makespan, run_parts,
+                    run_seconds)
 
 #: Where auto keeps the shape it chose (folds, epochs), so a rerun with a larger budget adds runs of the same shape.
 SHAPE_FILE = "auto-shape.json"
@@ -107,16 +108,18 @@ def _shape(base: Config, size: Size, speed: Speed, budget: float, workdir: Path,
     return cfg
 
 
-def _plan_lines(plan: Plan, elapsed: float, budget: float) -> list[str]:
+def _plan_lines(plan: Plan, elapsed: float, budget: float, slots: str = "") -> list[str]:
     from kfold.training import run_name
 
     shape = plan.runs[0].candidate.config
     out = [f"plan ({(budget - elapsed) / 60:.1f} min left; {plan.reserve:.0f} s kept for blending and the file; "
-           f"each run {shape.folds} folds x {shape.epochs} epochs):"]
+           f"each run {shape.folds} folds x {shape.epochs} epochs; {slots or f'{plan.slots} slot(s)'}):"]
     for i, r in enumerate(plan.runs):
-        state = {"done": "done", "run": f"~{r.seconds / 60:.1f} min", "skip": "does not fit"}[r.status]
-        out.append(f"  {i + 1:>2}. {run_name(r.candidate.config):<48} {state:>14}  {r.candidate.why}")
-    out.append(f"  {len(plan.to_run)} run(s) to train, ~{plan.planned_seconds / 60:.1f} min")
+        state = {"done": "done", "run": f"~{r.seconds / 60:.1f} slot-min", "skip": "does not fit"}[r.status]
+        out.append(f"  {i + 1:>2}. {run_name(r.candidate.config):<48} {state:>16}  {r.candidate.why}")
+    out.append(f"  {len(plan.to_run)} run(s) to train, ~{plan.planned_seconds / 60:.1f} min on {plan.slots} slot(s); "
+               f"{max(0.0, plan.available * (1 - SAFETY) - plan.planned_seconds - plan.reserve) / 60:.1f} min of the "
+               "budget left over")
     return out
 
 
@@ -125,13 +128,16 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
     """Check the data, measure the machine, plan, train run after run (re-planning from measured times), blend
     the finished runs by the best honest method and write and check the leaderboard file.
 
+    With a cluster (``--cluster``; see ``kfold.training.make_executor``) the parts of several runs train side by
+    side: the probe measures every slot at once, the plan is the makespan of the runs' parts over the slots, and
+    each step trains the next runs of the plan (as many as there are slots) in one queue.
+
     ``clock``, ``train`` (``run_kfold``'s signature) and ``probe`` (returns a Speed) are replaceable for tests.
     Returns what was done. Raises DataProblems, ConfigError (budget too small, nothing finished), StoreError.
     """
-    from kfold.training import run_kfold, run_name
+    from kfold.training import make_executor, run_kfold, run_many, run_name
 
     t0 = clock()
-    train = train or run_kfold
     workdir = Path(settings.workdir)
     base = settings.base
     data = load_data(base, workdir, log)
@@ -141,16 +147,38 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
         base = base.replace(refit=False)
         settings.test_source = "folds"
     size = Size(len(data.train), len(data.test) if data.test else 0)
+    # where the parts train: real runs go through the executor of the base config (in this process, or a cluster's
+    # slots); a stand-in trainer (tests) trains one run at a time
+    executor = make_executor(base, len(data.train), log=log) if train is None else None
+    try:
+        return _loop(settings, base, data, size, executor, clock, t0,
+                     train or (lambda cfg, wd, log, on_fold: run_kfold(cfg, wd, log=log, on_fold=on_fold,
+                                                                       executor=executor)),
+                     lambda cfgs, wd, log, on_fold: run_many(cfgs, wd, log=log, on_fold=on_fold, executor=executor),
+                     probe, log, run_name)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _loop(settings: AutoSettings, base: Config, data, size: Size, executor, clock, t0: float, train: Callable,
+          train_many: Callable, probe: Callable | None, log, run_name) -> AutoResult:
+    """Probe, shape, plan, train step after step (re-planning after each), blend (see :func:`run_auto`)."""
+    workdir = Path(settings.workdir)
+    slots = executor.slots if executor is not None else 1
+    where = executor.description if executor is not None and slots > 1 else ""
     if probe is None:
         from kfold.training import probe_speed
 
         def probe(cfg: Config) -> Speed:
-            return probe_speed(cfg, data, workdir)
+            return probe_speed(cfg, data, workdir, executor=executor)
 
     speed = probe(base)
     log(f"probe: {speed.train_rows_per_s:.1f} training rows/s, {speed.predict_rows_per_s:.1f} predicted rows/s, "
-        f"{speed.load_seconds:.1f} s to build the model ({clock() - t0:.0f} s so far)")
-    shaped = _shape(base, size, speed, settings.budget - (clock() - t0), workdir, settings.fixed_folds, log)
+        f"{speed.load_seconds:.1f} s to build the model" + (f" (per slot, all {slots} busy)" if slots > 1 else "")
+        + f" ({clock() - t0:.0f} s so far)")
+    # the shape is chosen for the slot-seconds the budget holds (a run's folds spread over the slots)
+    shaped = _shape(base, size, speed, (settings.budget - (clock() - t0)) * slots, workdir, settings.fixed_folds, log)
     cands = candidates(shaped, has_directions(data.train.label_names), data.train.has_types, settings.max_runs)
     result = AutoResult()
     correction, estimated, measured = 1.0, 0.0, 0.0
@@ -161,10 +189,10 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
 
     while True:
         elapsed = clock() - t0
-        plan = make_plan(cands, size, speed, settings.budget - elapsed, progress, correction)
+        plan = make_plan(cands, size, speed, settings.budget - elapsed, progress, correction, slots)
         result.plan = plan
         if first or settings.dry_run:
-            for line in _plan_lines(plan, elapsed, settings.budget):
+            for line in _plan_lines(plan, elapsed, settings.budget, where):
                 log(line)
         if settings.dry_run:
             return result
@@ -174,34 +202,46 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
         first = False
         if not plan.to_run:
             break
-        nxt = plan.to_run[0]
-        name = run_name(nxt.candidate.config)
+        batch = plan.to_run[:slots]  # the next runs of the plan, their parts in one queue over the slots
+        names = [run_name(r.candidate.config) for r in batch]
         if not (workdir / SHAPE_FILE).exists():  # later calls (a larger budget) add runs of this shape
             write_json_atomic(workdir / SHAPE_FILE, {"folds": shaped.folds, "epochs": shaped.epochs,
                                                      "average_epochs": shaped.average_epochs, "refit": shaped.refit})
-        eta = time.strftime("%H:%M", time.localtime(time.time() + nxt.seconds))
-        log(f"run {len(result.trained) + 1} of {len(result.trained) + len(plan.to_run)}: {name} (~{nxt.seconds / 60:.1f} "
-            f"min, done about {eta}; {nxt.candidate.why})")
+        parts = [run_parts(r.candidate.config, size, speed, progress(r.candidate.config)) for r in batch]
+        expected = makespan(parts, slots) * correction
+        eta = time.strftime("%H:%M", time.localtime(time.time() + expected))
+        for n, r in enumerate(batch):
+            log(f"run {len(result.trained) + n + 1} of {len(result.trained) + len(plan.to_run)}: {names[n]} "
+                f"(~{r.seconds / 60:.1f} slot-min; {r.candidate.why})")
+        log(f"{'these runs' if len(batch) > 1 else 'it'} should be done about {eta} (~{expected / 60:.1f} min)")
         start = clock()
-        per_fold = run_seconds(nxt.candidate.config, size, speed) * correction / nxt.candidate.config.folds
+        per_fold = max(max(folds, default=0.0) for folds, _ in parts) * correction
+
+        reported = [0]  # folds the batch has reported (trained or already complete): every fold reports once
 
         def guard(fold: int, record: dict) -> None:
+            reported[0] += 1
             left = settings.budget - (clock() - t0) - plan.reserve
-            if fold < nxt.candidate.config.folds - 1 and per_fold > left:
-                raise BudgetReached(f"{name}: fold {fold + 1} would not finish inside the budget "
+            folds_left = sum(r.candidate.config.folds for r in batch) - reported[0]
+            if folds_left and per_fold > left:
+                nxt = f"fold {fold + 1}" if len(batch) == 1 else "the next fold"
+                raise BudgetReached(f"{', '.join(names)}: {nxt} would not finish inside the budget "
                                     f"({left / 60:.1f} min left); completed folds are kept for a larger --budget")
 
         try:
-            train(nxt.candidate.config, workdir, log=log, on_fold=guard)
+            if len(batch) == 1:
+                train(batch[0].candidate.config, workdir, log=log, on_fold=guard)
+            else:
+                train_many([r.candidate.config for r in batch], workdir, log=log, on_fold=guard)
         except BudgetReached as exc:
             log(f"stopped: {exc}")
             break
         took = clock() - start
-        result.trained.append(name)
-        estimated += nxt.seconds / correction
+        result.trained.extend(names)
+        estimated += expected / correction
         measured += took
         correction = measured / estimated
-        log(f"{name}: {took / 60:.1f} min (estimated {nxt.seconds / 60:.1f})")
+        log(f"{', '.join(names)}: {took / 60:.1f} min (estimated {expected / 60:.1f})")
     final = make_plan(cands, size, speed, 0.0, progress)  # what is complete now, candidate by candidate
     members = [run_name(r.candidate.config) for r in final.runs if r.status == "done"]
     if not members:

@@ -21,6 +21,8 @@ RUNS_FOR_FIVE_FOLDS = 3
 MIN_EPOCHS = 1
 #: Share of the budget left unplanned: estimates are estimates.
 SAFETY = 0.05
+#: Fillers (shorter members) are planned while more than this share of the budget would stay idle.
+FILL = 0.10
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,15 @@ class PlannedRun:
 
 @dataclass
 class Plan:
-    """The runs in order, the seconds they need, the reserve kept for blending and what is left over."""
+    """The runs in order, the wall seconds they need on the slots, the reserve kept for blending and what is left
+    over. ``PlannedRun.seconds`` is a run's slot-seconds (its parts' sum); ``makespan`` is the wall time of all the
+    runs to train, their parts side by side on ``slots`` slots (the sum on one slot)."""
 
     runs: list[PlannedRun] = field(default_factory=list)
     reserve: float = 0.0
     available: float = 0.0
+    slots: int = 1
+    makespan: float = 0.0
 
     @property
     def to_run(self) -> list[PlannedRun]:
@@ -62,7 +68,8 @@ class Plan:
 
     @property
     def planned_seconds(self) -> float:
-        return sum(r.seconds for r in self.to_run)
+        """Wall seconds the runs to train take (their makespan on the slots)."""
+        return self.makespan
 
 
 def fold_seconds(cfg: Config, size: Size, speed: Speed) -> float:
@@ -77,14 +84,60 @@ def fold_seconds(cfg: Config, size: Size, speed: Speed) -> float:
             + (evals * n_valid + size.n_test) * predict_mult / speed.predict_rows_per_s)
 
 
+def refit_seconds(cfg: Config, size: Size, speed: Speed) -> float:
+    """Estimated seconds of the refit on every training row (0 without ``cfg.refit``)."""
+    if not cfg.refit:
+        return 0.0
+    train_mult = (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
+    return (speed.load_seconds + cfg.epochs * size.n_train * train_mult / speed.train_rows_per_s
+            + size.n_test * (2 if cfg.tta == "swap" else 1) / speed.predict_rows_per_s)
+
+
 def run_seconds(cfg: Config, size: Size, speed: Speed) -> float:
-    """Estimated seconds of a whole k-fold run (plus its refit on every row with ``cfg.refit``)."""
-    total = cfg.folds * fold_seconds(cfg, size, speed)
-    if cfg.refit:
-        train_mult = (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
-        total += (speed.load_seconds + cfg.epochs * size.n_train * train_mult / speed.train_rows_per_s
-                  + size.n_test * (2 if cfg.tta == "swap" else 1) / speed.predict_rows_per_s)
-    return total
+    """Estimated seconds of a whole k-fold run (plus its refit on every row with ``cfg.refit``), on one slot."""
+    return cfg.folds * fold_seconds(cfg, size, speed) + refit_seconds(cfg, size, speed)
+
+
+def run_parts(cfg: Config, size: Size, speed: Speed, share_done: float = 0.0, scale: float = 1.0
+              ) -> tuple[list[float], float]:
+    """A run's parts: (seconds of each fold, seconds of the refit or 0), times ``scale`` and the share of the run
+    still to train (``1 - share_done``: a run stopped halfway costs half)."""
+    left = scale * (1 - share_done)
+    return [fold_seconds(cfg, size, speed) * left] * cfg.folds, refit_seconds(cfg, size, speed) * left
+
+
+def makespan(runs: list[tuple[list[float], float]], slots: int) -> float:
+    """Wall seconds of runs' parts on ``slots`` slots, scheduled as the driver does: every fold in queue order on
+    the first free slot; a run's refit joins the queue when its last fold ends. One slot: the sum.
+
+    >>> makespan([([10.0, 10.0], 5.0), ([10.0, 10.0], 5.0)], 2)  # both runs' folds, then both refits
+    25.0
+    """
+    free = [0.0] * max(1, slots)
+    # (ready at, queue order, seconds, run; a refit's run is -1 - run)
+    folds_in_order = [(r, seconds) for r, (folds, _) in enumerate(runs) for seconds in folds]
+    queue = [(0.0, i, seconds, r) for i, (r, seconds) in enumerate(folds_in_order)]
+    left = [len(folds) for folds, _ in runs]
+    for r, (folds, refit) in enumerate(runs):
+        if not folds and refit:
+            queue.append((0.0, len(queue), refit, -1 - r))
+    end = 0.0
+    order = len(queue)
+    while queue:
+        slot = min(range(len(free)), key=free.__getitem__)
+        ready = [q for q in queue if q[0] <= free[slot]]
+        item = min(ready, key=lambda q: q[1]) if ready else min(queue, key=lambda q: (q[0], q[1]))
+        queue.remove(item)
+        start = max(free[slot], item[0])
+        free[slot] = start + item[2]
+        end = max(end, free[slot])
+        r = item[3]
+        if r >= 0:
+            left[r] -= 1
+            if left[r] == 0 and runs[r][1]:  # the run's refit, after its last fold
+                order += 1
+                queue.append((free[slot], order, runs[r][1], -1 - r))
+    return end
 
 
 def reserve_seconds(n_members: int, size: Size) -> float:
@@ -167,38 +220,65 @@ def versions(cand: Candidate) -> list[Candidate]:
 
 
 def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float, progress: Callable[[Config], float],
-              correction: float = 1.0) -> Plan:
-    """Which candidates to run in the ``remaining`` seconds, in order: each when its estimate (times
-    ``correction``, what finished runs took against their estimate) fits what is left after the runs before it
-    and the reserve for blending, else its longest shorter version (fewer epochs, see :func:`versions`) that fits.
+              correction: float = 1.0, slots: int = 1) -> Plan:
+    """Which candidates to run in the ``remaining`` seconds, in order: each when the wall time of its parts and the
+    runs' before it on ``slots`` slots (:func:`makespan`; ``speed`` is one slot's while all are busy, times
+    ``correction``, what finished runs took against their estimate) fits with the reserve for blending, else its
+    longest shorter version (fewer epochs, see :func:`versions`) that fits.
 
-    ``progress(config)`` is the share of that run's folds already complete: a complete version of a candidate
+    Then, when more than FILL of the budget would stay idle, fillers: a candidate that did not fit, with fewer
+    epochs still (down to MIN_EPOCHS), the longest that fits; each is named as a filler in its ``why``.
+
+    ``progress(config)`` is the share of that run's parts already complete: a complete version of a candidate
     (1.0) costs nothing and makes it "done"; a partial one costs the rest. Returns the plan; a candidate with no
     version that fits is kept in it as "skip" (a later, cheaper one may still fit).
     """
-    plan = Plan()
+    plan = Plan(slots=max(1, slots))
     budget = remaining * (1 - SAFETY)
     # each version's share complete, read from the store once per plan
-    shares = [[(v, progress(v.config)) for v in versions(cand)] for cand in cands]
-    chosen = []
+    shares = [[(v, progress(v.config)) for v in versions(cand) + fillers(cand)] for cand in cands]
+    n_main = [len(versions(cand)) for cand in cands]
+    chosen: list[PlannedRun | None] = []
     for vs in shares:
         done = next((v for v, share in vs if share >= 1.0), None)
         chosen.append(PlannedRun(done, 0.0, "done") if done else None)
     members = sum(1 for c in chosen if c is not None)
-    used = 0.0
+    parts: list[tuple[list[float], float]] = []
+
+    def fit(i: int, options) -> bool:
+        nonlocal members
+        room = budget - reserve_seconds(members + 1, size)
+        for v, share in options:
+            mine = run_parts(v.config, size, speed, share, correction)
+            if makespan(parts + [mine], plan.slots) <= room:
+                parts.append(mine)
+                chosen[i] = PlannedRun(v, sum(mine[0]) + mine[1], "run")
+                members += 1
+                return True
+        return False
+
+    for i in range(len(cands)):
+        if chosen[i] is None:
+            fit(i, shares[i][: n_main[i]])
+    for i in range(len(cands)):  # fillers: the budget's idle rest, when it is more than FILL of it
+        if chosen[i] is None and budget - makespan(parts, plan.slots) - plan.reserve > FILL * remaining:
+            fit(i, shares[i][n_main[i]:])
     for i, cand in enumerate(cands):
-        if chosen[i] is not None:
-            plan.runs.append(chosen[i])
-            continue
-        room = budget - used - reserve_seconds(members + 1, size)
-        fits = [(v, run_seconds(v.config, size, speed) * correction * (1 - share)) for v, share in shares[i]]
-        pick = next(((v, sec) for v, sec in fits if sec <= room), None)
-        if pick is None:
-            plan.runs.append(PlannedRun(cand, fits[0][1], "skip"))
-            continue
-        plan.runs.append(PlannedRun(pick[0], pick[1], "run"))
-        used += pick[1]
-        members += 1
+        if chosen[i] is None:
+            chosen[i] = PlannedRun(cand, run_seconds(cand.config, size, speed) * correction, "skip")
+    plan.runs = [c for c in chosen if c is not None]
     plan.reserve = reserve_seconds(members, size)
+    plan.makespan = makespan(parts, plan.slots)
     plan.available = remaining
     return plan
+
+
+def fillers(cand: Candidate) -> list[Candidate]:
+    """The candidate with fewer epochs than :func:`versions` offers (below half, down to MIN_EPOCHS): the longest
+    first. Used only to fill a budget's idle rest, and named so in the plan."""
+    cfg = cand.config
+    out = []
+    for epochs in range(max(MIN_EPOCHS, math.ceil(cfg.epochs / 2)) - 1, MIN_EPOCHS - 1, -1):
+        out.append(Candidate(cfg.replace(epochs=epochs, average_epochs=averaged_for(epochs, cfg)),
+                             f"filler: {cand.why}; {epochs} of {cfg.epochs} epochs, the most that fit what is left"))
+    return out

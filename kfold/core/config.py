@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -128,6 +129,13 @@ class Config:
     eval_batch_size: int = 64
     device: str = "auto"
     threads: int = 0
+    # where the parts of a run (its folds, its refit) train: in this process ("none"), side by side on a Ray
+    # runtime started on this machine ("local"), or chosen from the machine ("auto"); see kfold.training._executors
+    cluster: str = "auto"
+    gpus_per_fold: float = -1.0
+    cpus_per_fold: int = 0
+    max_parallel: int = 0
+    retries: int = 3
     # selection and reproducibility
     metric: str = "accuracy"
     seed: int = 1
@@ -172,6 +180,13 @@ class Config:
         if self.average_epochs and self.ema:
             raise ConfigError(f"average_epochs = {self.average_epochs} and ema = {self.ema}: choose one weight average "
                               "(--average-epochs 0 to use --ema)")
+        if not (self.cluster in ("none", "local", "auto") or re.fullmatch(r"[\w.\-]+:\d+", self.cluster)):
+            raise ConfigError(f"cluster = {self.cluster!r}: expected none, local, auto or HOST:PORT of a Ray cluster")
+        if self.gpus_per_fold != -1.0 and not 0.0 <= self.gpus_per_fold:
+            raise ConfigError(f"gpus_per_fold = {self.gpus_per_fold}: expected -1 (auto), 0 or a share of GPUs, e.g. 0.5")
+        for name in ("cpus_per_fold", "max_parallel", "retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} = {getattr(self, name)}: expected 0 (auto / none) or a positive integer")
         if self.lr <= 0 or self.head_lr < 0:
             raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
 

@@ -6,7 +6,7 @@ Every field of :class:`kfold.Config` has an entry (a test checks it), so no flag
 from __future__ import annotations
 
 #: The order of the groups in --help.
-GROUPS = ("data", "folds", "model", "training", "speed", "output")
+GROUPS = ("data", "folds", "model", "training", "speed", "cluster", "output")
 
 #: field -> (group, one-line help)
 HELP: dict[str, tuple[str, str]] = {
@@ -73,6 +73,15 @@ HELP: dict[str, tuple[str, str]] = {
     "auto_micro_batch": ("speed", "find the largest micro-batch that fits in memory and accumulate to --batch-size"),
     "device": ("speed", "auto = CUDA, then MPS, then CPU"),
     "threads": ("speed", "CPU threads for torch (0 = torch's default); give each process its share"),
+    # cluster: where parts train (runtime settings: they never change a run's numbers, name or identity)
+    "cluster": ("cluster", "where folds train: none = one at a time here, local = side by side on a Ray runtime on "
+                           "this machine, HOST:PORT = a Ray cluster, auto = local with several GPUs (else none)"),
+    "gpus_per_fold": ("cluster", "GPUs each fold uses on a cluster (-1 = 1 where there are GPUs, else 0; 0.5 packs "
+                                 "two folds on one GPU)"),
+    "cpus_per_fold": ("cluster", "CPU cores (torch threads) each fold uses on a cluster (0 = the cores over the "
+                                 "folds side by side)"),
+    "max_parallel": ("cluster", "at most this many folds side by side (0 = as many as the resources allow)"),
+    "retries": ("cluster", "times a fold is retried when its worker or node dies (an error it raises is not retried)"),
     # output
     "save_models": ("output", "keep each fold's model (for `kfold predict` on new test files)"),
     "refit": ("output", "after the folds, train one more model on all training rows to predict the test file"),

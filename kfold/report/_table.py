@@ -43,6 +43,7 @@ class RunRow:
     seed_std: float | None = None
     seeds: int = 1
     fold_minutes: float | None = None
+    trained_on: str = "-"  # where the folds trained (devices, nodes, retries), from the completion records
     extra: dict = field(default_factory=dict)
 
 
@@ -139,9 +140,10 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
             if m == metric:
                 dist_of_metric = dist
         per_fold = [fns[metric](oof.y[oof.folds == f], probs[oof.folds == f]) for f in np.unique(oof.folds)]
+        minutes, where = _fold_minutes(run)
         row = RunRow(run.name, oof.fold_map_hash, len(ids), scores, ci, float(np.mean(per_fold)),
                      float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0, seed_group=seed_group(run.name),
-                     fold_minutes=_fold_minutes(run), extra=extra)
+                     fold_minutes=minutes, trained_on=where, extra=extra)
         return row, dist_of_metric
 
     # runs scored side by side: only numpy's larger sorts, gathers and sums release the GIL, so on 2 cores this
@@ -167,14 +169,20 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
     return rows
 
 
-def _fold_minutes(run: RunDir) -> float | None:
-    """Mean wall minutes per fold, from the completion records."""
+def _fold_minutes(run: RunDir) -> tuple[float | None, str]:
+    """Mean wall minutes per fold, and where the folds trained (``cpu``, ``gpu 0, gpu 1 on 2 nodes, 1 retried``),
+    from the completion records the summary holds."""
     summary = run.summary_path
     if not summary.exists():
-        return None
+        return None, "-"
     folds = read_json(summary).get("folds", [])
     walls = [f.get("wall_seconds") for f in folds if f.get("wall_seconds") is not None]
-    return float(np.mean(walls) / 60.0) if walls else None
+    devices = sorted({f["device"] for f in folds if f.get("device")})
+    nodes = {f["node"] for f in folds if f.get("node")}
+    retried = sum(1 for f in folds if (f.get("attempt") or 1) > 1)
+    where = ", ".join(devices) + (f" on {len(nodes)} nodes" if len(nodes) > 1 else "") if devices else "-"
+    where += f", {retried} retried" if retried else ""
+    return (float(np.mean(walls) / 60.0) if walls else None), where
 
 
 def _cells(r: RunRow, metrics: list[str], metric: str) -> list[str]:
@@ -186,12 +194,13 @@ def _cells(r: RunRow, metrics: list[str], metric: str) -> list[str]:
     out.append(f"± {r.seed_std:.2f} ({r.seeds})" if r.seed_std is not None else "-")
     out.append("best" if r.win_rate is None else f"{r.win_rate * 100:.0f}%")
     out.append(f"{r.fold_minutes:.1f}" if r.fold_minutes is not None else "-")
+    out.append(r.trained_on)
     return out
 
 
 def _header(metrics: list[str], metric: str, auprc_over: tuple[int, int] | None = None) -> list[str]:
     return (["run"] + [f"{metric_name(m, auprc_over)} [95% CI]" for m in metrics]
-            + [f"{metric} per fold", f"{metric} seed sd", "P(beats best)", "min/fold"])
+            + [f"{metric} per fold", f"{metric} seed sd", "P(beats best)", "min/fold", "trained on"])
 
 
 def table_notes(rows: list[RunRow]) -> list[str]:
@@ -212,7 +221,8 @@ def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["fold_map", "run", "n"] + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
-                    + ["fold_mean", "fold_std", "seed_std", "seeds", "win_rate", "minutes_per_fold", "auprc_labels"])
+                    + ["fold_mean", "fold_std", "seed_std", "seeds", "win_rate", "minutes_per_fold", "auprc_labels",
+                       "trained_on"])
     for rows in tables:
         metrics = [m for m in METRICS if m in rows[0].scores]
         chosen = rows[0].extra["metric"]
@@ -239,7 +249,7 @@ def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
                             + [f"{r.fold_mean:.4f}", f"{r.fold_std:.4f}", "" if r.seed_std is None else f"{r.seed_std:.4f}",
                                r.seeds, "" if r.win_rate is None else f"{r.win_rate:.4f}",
                                "" if r.fold_minutes is None else f"{r.fold_minutes:.2f}",
-                               "{}/{}".format(*r.extra["auprc_over"])])
+                               "{}/{}".format(*r.extra["auprc_over"]), r.trained_on])
     if len(tables) > 1:
         note = f"note: {len(tables)} fold maps in this workdir; runs are only compared within one fold map."
         term.append(note)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kfold.auto._auto import parse_budget
-from kfold.auto._plan import (SAFETY, Size, averaged_for, candidates, choose_shape, make_plan, reserve_seconds,
-                              run_seconds, versions)
+from kfold.auto._plan import (FILL, SAFETY, Size, averaged_for, candidates, choose_shape, fillers, make_plan,
+                              makespan, reserve_seconds, run_parts, run_seconds, versions)
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError
 from kfold.training._probe import Speed
@@ -107,9 +107,13 @@ def test_replanning_after_a_slow_run_plans_less_and_a_run_that_cannot_finish_is_
     remaining = 2.2 * one + 100
     assert [r.candidate.config.epochs for r in make_plan(cands, SIZE, SPEED, remaining, _state()).to_run] == [5, 5]
     slow = make_plan(cands, SIZE, SPEED, remaining, _state(), correction=1.5)
-    assert [r.candidate.config.epochs for r in slow.to_run] == [5] and slow.runs[0].seconds == pytest.approx(1.5 * one)
-    # less left than the shortest version of a run needs: nothing is started
-    shortest = run_seconds(versions(cands[0])[-1].config, SIZE, SPEED)
+    # one full run fits; no version of the next down to half its epochs does, but more than 10% of the budget would
+    # stay idle, so a filler: the next candidate with the most epochs that still fit, named as a filler
+    assert [r.candidate.config.epochs for r in slow.to_run] == [5, 1] and slow.runs[0].seconds == pytest.approx(1.5 * one)
+    assert slow.to_run[1].candidate.why.startswith("filler: another head") and "1 of 5 epochs" in slow.to_run[1].candidate.why
+    # less left than the shortest version of a run needs (a filler of MIN_EPOCHS): nothing is started
+    shortest = run_seconds(fillers(cands[0])[-1].config, SIZE, SPEED)
+    assert fillers(cands[0])[-1].config.epochs == 1
     assert make_plan(cands, SIZE, SPEED, shortest * 0.99, _state()).to_run == []
 
 
@@ -126,3 +130,41 @@ def test_parse_budget(text, seconds):
 def test_parse_budget_refuses_what_is_not_a_duration(text):
     with pytest.raises(ConfigError, match="expected a duration like 10m"):
         parse_budget(text)
+
+
+def test_makespan_schedules_parts_on_slots_as_the_driver_does():
+    # one slot: the sum; two slots: folds side by side, a run's refit after its last fold, queued behind folds
+    runs = [([10.0, 10.0, 10.0], 6.0), ([10.0, 10.0, 10.0], 6.0)]
+    assert makespan(runs, 1) == pytest.approx(72.0)
+    assert makespan(runs, 2) == pytest.approx(36.0)  # 3 waves of folds, then the two refits side by side
+    assert makespan([([10.0], 0.0)] * 3, 2) == pytest.approx(20.0)
+    assert makespan([([], 6.0)], 4) == pytest.approx(6.0) and makespan([], 3) == 0.0
+    cfg = Config(folds=3, refit=True, epoch_scores=False)
+    folds, refit = run_parts(cfg, SIZE, SPEED)
+    assert sum(folds) + refit == pytest.approx(run_seconds(cfg, SIZE, SPEED))
+
+
+def test_plan_on_two_slots_fits_about_twice_the_runs_and_never_exceeds_the_budget():
+    cands = _cands(8)
+    one = run_seconds(cands[0].config, SIZE, SPEED)
+    remaining = 2.3 * one
+    single = make_plan(cands, SIZE, SPEED, remaining, _state(), slots=1)
+    double = make_plan(cands, SIZE, SPEED, remaining, _state(), slots=2)
+    assert double.slots == 2 and len(double.to_run) >= 2 * len([r for r in single.to_run if r.candidate.config.epochs == 5])
+    for plan in (single, double):
+        assert plan.makespan + plan.reserve <= remaining * (1 - SAFETY)
+        parts = [run_parts(r.candidate.config, SIZE, SPEED) for r in plan.to_run]
+        assert plan.makespan == pytest.approx(makespan(parts, plan.slots))
+
+
+def test_fillers_use_the_idle_rest_and_are_named():
+    cands = _cands(2)
+    one = run_seconds(cands[0].config, SIZE, SPEED)
+    plan = make_plan(cands, SIZE, SPEED, 1.45 * one, _state())  # one full run; the second fits only as a filler
+    assert [r.status for r in plan.runs] == ["run", "run"]
+    filler = plan.to_run[1].candidate
+    assert filler.why.startswith("filler: another head") and filler.config.epochs < 3
+    idle = plan.available * (1 - SAFETY) - plan.makespan - plan.reserve
+    assert 0 <= idle  # never over the budget
+    # with the filler, less than FILL of the budget stays idle, or no shorter member would have fitted
+    assert idle <= FILL * plan.available or filler.config.epochs == 1

@@ -1,0 +1,95 @@
+"""Folds one at a time or side by side on a CPU machine: whole-run wall time of the product's own `kfold run` with
+`--cluster none` and with `--cluster local` at 1 and 2 CPUs per fold (Ray's start-up and its worker processes
+included), on the first N rows of a data file, for several N. Prints one line per run and a table; the machine
+(CPU model, cores, bf16 hardware) first.
+
+    python benchmarks/cluster_cpu.py --data ../shared/data/semeval2010_task8/train.tsv --rows 500,2000,8000
+    python benchmarks/cluster_cpu.py --data ../shared/data/klue_re_subset/train_subset.jsonl --rows 3247 \\
+        --extra "--max-len 256"
+
+Each arm trains in its own fresh workdir, in its own process; arms take turns within each size, so a drift of the
+machine's speed hits all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ARMS = {"none": ["--cluster", "none"], "local-1cpu": ["--cluster", "local", "--cpus-per-fold", "1"],
+        "local-2cpu": ["--cluster", "local", "--cpus-per-fold", "2"]}
+
+
+def machine() -> str:
+    """``AMD EPYC (family 25 model 17), 2 cores, bf16 in hardware: yes``."""
+    model, family, number = platform.processor() or "?", "?", "?"
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        model, family, number = fields.get("model name", model), fields.get("cpu family", "?"), fields.get("model", "?")
+        bf16 = "amx_tile" in info or "avx512_bf16" in info
+    except OSError:
+        bf16 = False
+    return f"{model} (family {family} model {number}), {os.cpu_count()} cores, bf16 in hardware: {'yes' if bf16 else 'no'}"
+
+
+def subset(data: Path, rows: int, folder: Path) -> Path:
+    """The first ``rows`` data lines of a line-per-row file (SemEval, JSONL, TSV), with its label file beside."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [line for line in data.read_text(encoding="utf-8").splitlines(True) if line.strip()]
+    out = folder / data.name
+    out.write_text("".join(lines[:rows]), encoding="utf-8")
+    for name in ("label.txt", "relation_list.json", "label_type.pkl"):
+        if (data.parent / name).exists():
+            shutil.copy(data.parent / name, folder / name)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--rows", default="8000", help="comma-separated sizes (first N rows)")
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--extra", default="", help="more `kfold run` flags, e.g. '--max-len 256'")
+    args = ap.parse_args()
+    print(f"machine: {machine()}", flush=True)
+    results: dict[tuple[int, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="cluster-cpu-") as tmp:
+        for rows in [int(r) for r in args.rows.split(",")]:
+            data = subset(Path(args.data), rows, Path(tmp) / f"data-{rows}")
+            for arm in args.arms.split(","):
+                work = Path(tmp) / f"w-{rows}-{arm}"
+                cmd = [sys.executable, "-m", "kfold.cli", "run", "--data", str(data), "--workdir", str(work), "--folds",
+                       str(args.folds), "--epochs", str(args.epochs), "--variants", "split", *ARMS[arm],
+                       *shlex.split(args.extra)]
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                wall = time.perf_counter() - t0
+                if proc.returncode != 0:
+                    print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+                    return proc.returncode
+                results[(rows, arm)] = wall
+                oof = next((line for line in proc.stdout.splitlines() if ": OOF " in line), "")
+                print(f"{rows} rows, {arm}: {wall:.1f} s  {oof.split(' -> ')[0]}", flush=True)
+    print(f"\n{'rows':>6} " + " ".join(f"{arm:>16}" for arm in args.arms.split(",")) + "   (wall s, and x of none)")
+    for rows in sorted({r for r, _ in results}):
+        base = results.get((rows, "none"))
+        cells = [f"{results[(rows, a)]:7.1f}" + (f" ({base / results[(rows, a)]:.2f}x)" if base else "")
+                 for a in args.arms.split(",")]
+        print(f"{rows:>6} " + " ".join(f"{c:>16}" for c in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The unit of work: one part of a run (a fold, or the refit on every row), computed wherever an executor runs it.
+
+A part gets everything it needs as values (the run's token features and labels, put once per run, and a small
+spec) and returns everything it makes (logits, the completion record's numbers, saved weights): it never reads or
+writes the run store, so a worker on another machine needs no shared disk and never sees the workdir. The driver
+(``kfold.training._schedule``) writes the store.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from kfold.core.config import Config
+from kfold.core.store import REFIT
+from kfold.encoding import Features
+
+
+@dataclass
+class RunPayload:
+    """What every part of one run shares, sent once: token features of the training and test rows, the swapped
+    readings (``--augment/--tta swap``), the gold labels and the fold of every row."""
+
+    train: Features
+    test: Features | None
+    swapped: object | None  # kfold.training._runner.Swapped
+    y: np.ndarray
+    folds: np.ndarray
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One part: the run's config, which part, and the few numbers training needs."""
+
+    cfg: Config
+    run: str
+    part: int | str  # fold number, or REFIT
+    label_names: tuple[str, ...]
+    pad_id: int
+    vocab_size: int
+    keep_epoch: int | None = None  # the refit: the epoch the folds chose (median), when no weights are averaged
+    attempt: int = 1
+
+    @property
+    def name(self) -> str:
+        """``fold 2`` or ``refit``."""
+        return "refit" if self.part == REFIT else f"fold {self.part}"
+
+
+@dataclass
+class PartResult:
+    """What a part returns to the driver."""
+
+    valid_logits: np.ndarray | None
+    test_logits: np.ndarray | None
+    record: dict
+    state_dict: dict | None = None
+    log: list[str] = field(default_factory=list)
+
+
+def part_indices(spec: PartSpec, payload: RunPayload) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation rows of the part: a fold's, or every row and none for the refit."""
+    if spec.part == REFIT:
+        return np.arange(len(payload.y)), np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(payload.folds != spec.part), np.flatnonzero(payload.folds == spec.part)
+
+
+def compute_part(spec: PartSpec, payload: RunPayload, *, device_name: str = "", node: str = "",
+                 log: Callable[[str], None] | None = None, model_factory: Callable | None = None) -> PartResult:
+    """Train one part and predict its validation rows (a fold) and the test rows; returns the numbers.
+
+    ``device_name`` and ``node`` say where it ran (completion record); ``log`` receives the epoch lines (default:
+    kept in the result). ``model_factory(cfg, num_labels, vocab_size)`` replaces the backbone (tests).
+    """
+    from ._runner import fold_data
+    from ._train import pick_device, train_fold
+
+    lines: list[str] = []
+    tr, va = part_indices(spec, payload)
+    fdata = fold_data(spec.cfg, tr, va, payload.y, payload.train, payload.test, payload.swapped)
+    refit = spec.part == REFIT
+    t0 = time.perf_counter()
+    res = train_fold(spec.cfg, spec.label_names, fdata, pad_id=spec.pad_id, vocab_size=spec.vocab_size,
+                     fold=spec.cfg.folds if refit else spec.part, desc=spec.run, where=f"{spec.run} {spec.name}",
+                     log=log or lines.append, keep_epoch=spec.keep_epoch,
+                     model_factory=(lambda: model_factory(spec.cfg, len(spec.label_names), spec.vocab_size))
+                     if model_factory else None)
+    wall = time.perf_counter() - t0
+    record = {
+        "best_epoch": res.best_epoch, "metrics": res.metrics, "history": res.history, "n_train": len(tr),
+        "n_valid": len(va), "train_seconds": round(res.train_seconds, 2), "wall_seconds": round(wall, 2),
+        "train_examples_per_s": round(res.train_examples_per_s, 2), "padding_share": round(res.padding_share, 4),
+        "micro_batch": res.micro_batch, "accum_steps": res.accum_steps, "pid": os.getpid(),
+        "host": socket.gethostname(), "node": node or socket.gethostname(),
+        "device": device_name or pick_device(spec.cfg.device).type, "attempt": spec.attempt,
+    }
+    return PartResult(None if refit else res.valid_logits, res.test_logits, record, res.state_dict, lines)
