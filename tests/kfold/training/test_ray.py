@@ -24,19 +24,7 @@ from kfold.core.store import load_predictions  # noqa: E402
 from kfold.training import PartResult, PartSpec, run_kfold  # noqa: E402
 from kfold.training._ray import RayExecutor  # noqa: E402
 
-#: No test of this module may wait longer than this: a hang fails the test, never CI.
-LIMIT = 150
-
-
-@pytest.fixture(autouse=True)
-def bounded():
-    """Interrupt the test (KeyboardInterrupt in the main thread) when it runs past LIMIT seconds."""
-    import _thread
-
-    timer = threading.Timer(LIMIT, _thread.interrupt_main)
-    timer.start()
-    yield
-    timer.cancel()
+pytestmark = pytest.mark.usefixtures("bounded")  # every wait bounded (tests/kfold/training/conftest.py)
 
 
 @pytest.fixture(scope="module", autouse=True)

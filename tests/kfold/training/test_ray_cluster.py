@@ -22,17 +22,7 @@ from kfold.core.store import load_predictions  # noqa: E402
 from kfold.training import run_kfold  # noqa: E402
 from kfold.training._ray import RayExecutor, node_report  # noqa: E402
 
-LIMIT = 150  # seconds any test of this module may take: a hang fails the test, never CI
-
-
-@pytest.fixture(autouse=True)
-def bounded():
-    import _thread
-
-    timer = threading.Timer(LIMIT, _thread.interrupt_main)
-    timer.start()
-    yield
-    timer.cancel()
+pytestmark = pytest.mark.usefixtures("bounded")  # every wait bounded (tests/kfold/training/conftest.py)
 
 
 @pytest.fixture(scope="module")

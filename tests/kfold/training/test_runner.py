@@ -253,3 +253,5 @@ def test_cli_runs_variants_times_seeds_then_reports(tmp_path, demo_dir, tiny_ber
     assert main(["report", "--workdir", str(tmp_path), "--bootstrap", "50"]) == 0
     report = capsys.readouterr().out
     assert "split-bert-s1" in report and "share-bert-s2" in report and "(2)" in report  # seed spread over 2 seeds
+    assert "trained on" in report and all(line.rstrip().endswith("cpu") for line in report.splitlines()
+                                          if line.startswith(("split-bert", "share-bert")))  # from the records
