@@ -54,6 +54,16 @@ def subset(data: Path, rows: int, folder: Path) -> Path:
     return out
 
 
+def timed_command(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run one arm's command offline, in its own process; its wall seconds. A failure prints the output's tail."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+    return proc, wall
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -73,11 +83,8 @@ def main() -> int:
                 cmd = [sys.executable, "-m", "kfold.cli", "run", "--data", str(data), "--workdir", str(work), "--folds",
                        str(args.folds), "--epochs", str(args.epochs), "--variants", "split", *ARMS[arm],
                        *shlex.split(args.extra)]
-                t0 = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-                wall = time.perf_counter() - t0
+                proc, wall = timed_command(cmd)
                 if proc.returncode != 0:
-                    print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
                     return proc.returncode
                 results[(rows, arm)] = wall
                 oof = next((line for line in proc.stdout.splitlines() if ": OOF " in line), "")

@@ -61,6 +61,9 @@ class Plan:
     available: float = 0.0
     slots: int = 1
     makespan: float = 0.0
+    #: the shortest work that did not fit: (its candidate, the wall seconds the plan would need with it, reserve
+    #: included, and the seconds usable): why the budget's rest stays idle
+    shortest: tuple[Candidate, float, float] | None = None
 
     @property
     def to_run(self) -> list[PlannedRun]:
@@ -263,6 +266,11 @@ def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float
     for i in range(len(cands)):  # fillers: the budget's idle rest, when it is more than FILL of it
         if chosen[i] is None and budget - makespan(parts, plan.slots) - plan.reserve > FILL * remaining:
             fit(i, shares[i][n_main[i]:])
+    needs = [(makespan(parts + [run_parts(v.config, size, speed, share, correction)], plan.slots), v)
+             for i, vs in enumerate(shares) if chosen[i] is None for v, share in vs[-1:]]
+    if needs:
+        need, v = min(needs, key=lambda n: n[0])
+        plan.shortest = (v, need + reserve_seconds(members + 1, size), budget)
     for i, cand in enumerate(cands):
         if chosen[i] is None:
             chosen[i] = PlannedRun(cand, run_seconds(cand.config, size, speed) * correction, "skip")

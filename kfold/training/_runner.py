@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,11 +157,23 @@ def fold_data(cfg: Config, tr: np.ndarray, va: np.ndarray, y: np.ndarray, train_
     return data
 
 
+#: One driver thread at a time prepares a run (``tuning search`` runs one trial per slot in threads): the first
+#: import of transformers is not thread-safe (two trials starting at once on a fresh process failed with "cannot
+#: import name 'AutoTokenizer'"), nor is a tokenizer, and the token cache and fold map are shared files.
+_PREPARE_LOCK = threading.Lock()
+
+
 def prepare_job(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
                 log: Callable[[str], None] = print, on_fold: Callable[[int, dict], None] | None = None) -> Job:
     """Everything the driver needs to train a run's missing parts: data, fold map and token features (read and
     encoded once), the run folder with its config and data records (checked against what it was made with), and
-    the payload every part of the run shares."""
+    the payload every part of the run shares. Driver threads take turns here (see ``_PREPARE_LOCK``)."""
+    with _PREPARE_LOCK:
+        return _prepare_job(cfg, workdir, folds, tag, log, on_fold)
+
+
+def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, tag: str, log: Callable[[str], None],
+                 on_fold: Callable[[int, dict], None] | None) -> Job:
     data, fm, tokenizer, train_feats, test_feats, _, swapped = prepare(cfg, workdir, log)
     run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag))
     _check_identity(run, cfg, data, fm)

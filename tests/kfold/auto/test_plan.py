@@ -168,3 +168,24 @@ def test_fillers_use_the_idle_rest_and_are_named():
     assert 0 <= idle  # never over the budget
     # with the filler, less than FILL of the budget stays idle, or no shorter member would have fitted
     assert idle <= FILL * plan.available or filler.config.epochs == 1
+
+
+def test_an_idle_rest_says_which_shortest_work_did_not_fit_and_what_it_needs():
+    from kfold.auto._auto import _plan_lines
+
+    cands = _cands(2)
+    one = run_seconds(cands[0].config, SIZE, SPEED)
+    shortest = fillers(cands[1])[-1].config
+    # the first run fits; the rest (over FILL of the budget) is just too short for the next one's shortest filler
+    remaining = (one + run_seconds(shortest, SIZE, SPEED) * 0.9 + reserve_seconds(2, SIZE)) / (1 - SAFETY)
+    plan = make_plan(cands, SIZE, SPEED, remaining, _state())
+    assert [r.status for r in plan.runs] == ["run", "skip"]
+    cand, need, usable = plan.shortest
+    assert cand.config == shortest and usable == pytest.approx(remaining * (1 - SAFETY)) and need > usable
+    assert need == pytest.approx(one + run_seconds(shortest, SIZE, SPEED) + reserve_seconds(2, SIZE))
+    last = _plan_lines(plan, 0.0, remaining)[-1]
+    assert "nothing more fits: the shortest work left, " in last and f"needs ~{need / 60:.1f} min on 1 slot(s)" in last
+    # when the rest is under FILL of the budget, no reason is printed
+    tight = make_plan(cands, SIZE, SPEED, (one + reserve_seconds(1, SIZE)) * 1.05 / (1 - SAFETY), _state())
+    assert [r.status for r in tight.runs] == ["run", "skip"] and tight.shortest is not None
+    assert "nothing more fits" not in _plan_lines(tight, 0.0, tight.available)[-1]

@@ -255,3 +255,42 @@ def test_cli_runs_variants_times_seeds_then_reports(tmp_path, demo_dir, tiny_ber
     assert "split-bert-s1" in report and "share-bert-s2" in report and "(2)" in report  # seed spread over 2 seeds
     assert "trained on" in report and all(line.rstrip().endswith("cpu") for line in report.splitlines()
                                           if line.startswith(("split-bert", "share-bert")))  # from the records
+
+
+def test_driver_threads_prepare_runs_one_at_a_time(tmp_path, demo_dir, monkeypatch):
+    """`tuning search` prepares one trial per slot in threads: the first transformers import and the tokenizers are
+    not thread-safe (two trials starting together on a fresh process failed with "cannot import name
+    'AutoTokenizer'"), so the preparation takes turns."""
+    import threading
+
+    from kfold.training import _runner
+
+    inside, most, lock = [0], [0], threading.Lock()
+
+    class Prepared(Exception):
+        pass
+
+    def slow_prepare(cfg, workdir, log):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.2)
+        with lock:
+            inside[0] -= 1
+        raise Prepared
+
+    monkeypatch.setattr(_runner, "prepare", slow_prepare)
+    raised = []
+
+    def one(seed):
+        try:
+            _runner.prepare_job(_cfg(demo_dir, "x", seed=seed), tmp_path, **QUIET)
+        except Prepared:
+            raised.append(seed)
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(raised) == [1, 2, 3] and most[0] == 1
