@@ -23,7 +23,7 @@ from kfold.core.textio import read_json, write_json_atomic
 from kfold.data import load_data
 from kfold.training import Speed
 
-from ._plan import (FILL, MIN_EPOCHS, SAFETY, Plan, Size, candidates, choose_shape, make_plan, makespan, run_parts,
+from ._plan import (FILL, MIN_EPOCHS, Plan, Size, candidates, choose_shape, make_plan, makespan, run_parts,
                     run_seconds)
 
 #: Where auto keeps the shape it chose (folds, epochs), so a rerun with a larger budget adds runs of the same shape.
@@ -118,22 +118,20 @@ def _plan_lines(plan: Plan, elapsed: float, budget: float, slots: str = "") -> l
         state = {"done": "done", "run": f"~{r.seconds / 60:.1f} slot-min", "skip": "does not fit"}[r.status]
         out.append(f"  {i + 1:>2}. {run_name(r.candidate.config):<48} {state:>16}  {r.candidate.why}")
     out.append(f"  {len(plan.to_run)} run(s) to train, ~{plan.planned_seconds / 60:.1f} min on {plan.slots} slot(s); "
-               f"{max(0.0, plan.available * (1 - SAFETY) - plan.planned_seconds - plan.reserve) / 60:.1f} min of the "
-               "budget left over" + _idle_reason(plan))
+               f"{max(0.0, plan.idle) / 60:.1f} min of the budget left over" + _idle_reason(plan))
     return out
 
 
 def _idle_reason(plan: Plan) -> str:
     """Why more than FILL of the time left stays idle (the shortest work that did not fit, and what it needs), or ""."""
-    idle = plan.available * (1 - SAFETY) - plan.planned_seconds - plan.reserve
-    if plan.shortest is None or idle <= FILL * plan.available:
+    if plan.shortest is None or plan.idle <= FILL * plan.available:
         return ""
     from kfold.training import run_name
 
-    cand, need, usable = plan.shortest
+    cand, need = plan.shortest
     return (f"; nothing more fits: the shortest work left, {run_name(cand.config)} ({cand.config.folds} folds x "
             f"{cand.config.epochs} epoch(s){' + refit' if cand.config.refit else ''}), needs ~{need / 60:.1f} min on "
-            f"{plan.slots} slot(s) with the plan and its blending reserve, {usable / 60:.1f} min are usable")
+            f"{plan.slots} slot(s) with the plan and its blending reserve, {plan.usable / 60:.1f} min are usable")
 
 
 def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monotonic, train: Callable | None = None,

@@ -62,8 +62,8 @@ class Plan:
     slots: int = 1
     makespan: float = 0.0
     #: the shortest work that did not fit: (its candidate, the wall seconds the plan would need with it, reserve
-    #: included, and the seconds usable): why the budget's rest stays idle
-    shortest: tuple[Candidate, float, float] | None = None
+    #: included): why the budget's rest stays idle
+    shortest: tuple[Candidate, float] | None = None
 
     @property
     def to_run(self) -> list[PlannedRun]:
@@ -73,6 +73,16 @@ class Plan:
     def planned_seconds(self) -> float:
         """Wall seconds the runs to train take (their makespan on the slots)."""
         return self.makespan
+
+    @property
+    def usable(self) -> float:
+        """Seconds of what is left that the plan may fill (SAFETY kept back)."""
+        return self.available * (1 - SAFETY)
+
+    @property
+    def idle(self) -> float:
+        """Usable seconds the plan leaves unused (the runs' makespan and the reserve taken off)."""
+        return self.usable - self.makespan - self.reserve
 
 
 def fold_seconds(cfg: Config, size: Size, speed: Speed) -> float:
@@ -236,8 +246,8 @@ def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float
     (1.0) costs nothing and makes it "done"; a partial one costs the rest. Returns the plan; a candidate with no
     version that fits is kept in it as "skip" (a later, cheaper one may still fit).
     """
-    plan = Plan(slots=max(1, slots))
-    budget = remaining * (1 - SAFETY)
+    plan = Plan(slots=max(1, slots), available=remaining)
+    budget = plan.usable
     # each version's share complete, read from the store once per plan
     shares = [[(v, progress(v.config)) for v in versions(cand) + fillers(cand)] for cand in cands]
     n_main = [len(versions(cand)) for cand in cands]
@@ -270,14 +280,13 @@ def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float
              for i, vs in enumerate(shares) if chosen[i] is None for v, share in vs[-1:]]
     if needs:
         need, v = min(needs, key=lambda n: n[0])
-        plan.shortest = (v, need + reserve_seconds(members + 1, size), budget)
+        plan.shortest = (v, need + reserve_seconds(members + 1, size))
     for i, cand in enumerate(cands):
         if chosen[i] is None:
             chosen[i] = PlannedRun(cand, run_seconds(cand.config, size, speed) * correction, "skip")
     plan.runs = [c for c in chosen if c is not None]
     plan.reserve = reserve_seconds(members, size)
     plan.makespan = makespan(parts, plan.slots)
-    plan.available = remaining
     return plan
 
 

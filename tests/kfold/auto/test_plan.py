@@ -180,7 +180,8 @@ def test_an_idle_rest_says_which_shortest_work_did_not_fit_and_what_it_needs():
     remaining = (one + run_seconds(shortest, SIZE, SPEED) * 0.9 + reserve_seconds(2, SIZE)) / (1 - SAFETY)
     plan = make_plan(cands, SIZE, SPEED, remaining, _state())
     assert [r.status for r in plan.runs] == ["run", "skip"]
-    cand, need, usable = plan.shortest
+    cand, need = plan.shortest
+    usable = plan.usable
     assert cand.config == shortest and usable == pytest.approx(remaining * (1 - SAFETY)) and need > usable
     assert need == pytest.approx(one + run_seconds(shortest, SIZE, SPEED) + reserve_seconds(2, SIZE))
     last = _plan_lines(plan, 0.0, remaining)[-1]
