@@ -1,11 +1,12 @@
 """Folds one at a time or side by side on a CPU machine: whole-run wall time of the product's own `kfold run` with
-`--cluster none` and with `--cluster local` at 1 and 2 CPUs per fold (Ray's start-up and its worker processes
-included), on the first N rows of a data file, for several N. Prints one line per run and a table; the machine
-(CPU model, cores, bf16 hardware) first.
+`--cluster none`, with `--cluster local` at 1 and 2 CPUs per fold (Ray's start-up and its worker processes
+included), and with `--cluster auto` (its measurement of both arrangements included), on the first N rows of a data
+file, for several N. Prints one line per run and a table; the machine (CPU model, cores, bf16 hardware) first.
 
     python benchmarks/cluster_cpu.py --data ../shared/data/semeval2010_task8/train.tsv --rows 500,2000,8000
     python benchmarks/cluster_cpu.py --data ../shared/data/klue_re_subset/train_subset.jsonl --rows 3247 \\
         --extra "--max-len 256"
+    python benchmarks/cluster_cpu.py --overheads   # Ray's start-up and a fresh worker's start, in seconds
 
 Each arm trains in its own fresh workdir, in its own process; arms take turns within each size, so a drift of the
 machine's speed hits all of them.
@@ -25,7 +26,36 @@ import time
 from pathlib import Path
 
 ARMS = {"none": ["--cluster", "none"], "local-1cpu": ["--cluster", "local", "--cpus-per-fold", "1"],
-        "local-2cpu": ["--cluster", "local", "--cpus-per-fold", "2"]}
+        "local-2cpu": ["--cluster", "local", "--cpus-per-fold", "2"], "auto": ["--cluster", "auto"]}
+
+
+def overheads(repeats: int = 3) -> None:
+    """What kfold.training._choose's RAY_START_SECONDS and WORKER_START_SECONDS stand for: ``ray.init`` of a local
+    runtime, and a fresh worker process (``max_calls=1``, as every part gets) starting and importing the training
+    code (torch, transformers) before a part could build its model. Median of ``repeats``."""
+    import statistics
+
+    import ray
+
+    starts, workers = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        starts.append(time.perf_counter() - t0)
+
+        @ray.remote(max_calls=1, num_cpus=1)
+        def fresh() -> float:
+            t = time.perf_counter()
+            import kfold.training._parts  # noqa: F401  torch, transformers and the training loop
+
+            return time.perf_counter() - t
+
+        t1 = time.perf_counter()
+        ray.get(fresh.remote())
+        workers.append(time.perf_counter() - t1)
+        ray.shutdown()
+    print(f"ray.init (local runtime): {statistics.median(starts):.1f} s; a fresh worker started and the training code "
+          f"imported: {statistics.median(workers):.1f} s (median of {repeats})")
 
 
 def machine() -> str:
@@ -66,7 +96,8 @@ def timed_command(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data")
+    ap.add_argument("--overheads", action="store_true", help="time Ray's start-up and a fresh worker's, then stop")
     ap.add_argument("--rows", default="8000", help="comma-separated sizes (first N rows)")
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=1)
@@ -74,6 +105,11 @@ def main() -> int:
     ap.add_argument("--extra", default="", help="more `kfold run` flags, e.g. '--max-len 256'")
     args = ap.parse_args()
     print(f"machine: {machine()}", flush=True)
+    if args.overheads:
+        overheads()
+        return 0
+    if not args.data:
+        ap.error("--data is required (or --overheads)")
     results: dict[tuple[int, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="cluster-cpu-") as tmp:
         for rows in [int(r) for r in args.rows.split(",")]:

@@ -57,8 +57,9 @@ def test_short_kfold_run_on_a_klue_sample_with_minilm(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in keep), encoding="utf-8")
     (tmp_path / "data" / "relation_list.json").write_text((folder / "relation_list.json").read_text(encoding="utf-8"))
+    # cluster none: about learning, not where parts train (--cluster auto would time both arrangements first)
     cfg = Config(data=str(tmp_path / "data" / "train.jsonl"), marker="typed_entity_marker_punct", folds=2, epochs=1,
-                 batch_size=16, max_len=192, lr=1e-4)
+                 batch_size=16, max_len=192, lr=1e-4, cluster="none")
     out = run_kfold(cfg, tmp_path / "w", log=lambda m: None)
     assert out.complete
     oof = load_predictions(out.run.oof_path)
@@ -72,7 +73,8 @@ def test_demo_data_is_learned_well_above_the_majority_class(tmp_path):
     from kfold.training._runner import run_kfold
 
     train = write_demo_data(tmp_path / "demo", n_train=400, n_test=20, seed=11)
-    cfg = Config(data=str(train), test=str(tmp_path / "demo" / "test.tsv"), folds=2, epochs=5, lr=2e-4, batch_size=16)
+    cfg = Config(data=str(train), test=str(tmp_path / "demo" / "test.tsv"), folds=2, epochs=5, lr=2e-4, batch_size=16,
+                 cluster="none")
     out = run_kfold(cfg, tmp_path / "w", log=lambda m: None)
     assert out.complete
     # 200 training rows per fold, 5 epochs: measured 71.5 against a majority of 44.75
@@ -122,6 +124,7 @@ def test_competition_file_with_its_real_faults_is_repaired_marked_and_trains(tmp
     small = tmp_path / "data" / "small.tsv"
     small.write_text("".join(part), encoding="utf-8")
     assert main(["run", "--data", str(small), "--workdir", str(work), "--folds", "2", "--epochs", "1", "--max-len", "128",
+                 "--cluster", "none",
                  "--batch-size", "16", "--variants", "split", "--bad-rows", "skip"]) == 0
     out = capsys.readouterr().out
     assert "warning: repaired 24 entity spans in small.tsv" in out and "note: 3 rows of small.tsv have overlapping" in out

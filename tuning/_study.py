@@ -7,6 +7,9 @@
 - Heartbeats: a killed worker's RUNNING trial goes stale, is marked FAIL by the next worker and re-queued
   with the same parameters (``RetryFailedTrialCallback``).
 - A trial that raises (out of memory, NaN loss) is recorded FAIL with its reason; the study goes on.
+- Trials side by side (one per slot of a cluster): TPE with ``constant_liar=True``, so a trial sampled while others
+  run treats them as poor results and looks elsewhere instead of sampling near-duplicates.
+- Only Optuna's public API: the storage object we open, ``ask``/``tell``, ``retried_trial_number``.
 """
 
 from __future__ import annotations
@@ -99,12 +102,15 @@ def open_study(settings: StudySettings, base: Config | None = None, space: dict 
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
               "wilcoxon": optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
               "none": optuna.pruners.NopPruner()}[settings.pruner]
-    sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed, n_startup_trials=4)
+    # constant liar: trials in flight count as bad results while the next one is sampled (trials run side by side,
+    # here on a cluster's slots or on other machines sharing the storage); without it, TPE samples near-duplicates
+    sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed, n_startup_trials=4, constant_liar=True)
     # Two workers starting together would both create the storage's tables (SQLite: "table already exists",
     # PostgreSQL: a unique violation in pg_type) and both set the study's attributes: serialise that on this
     # machine with the workdir lock, and retry for workers on other machines sharing the database.
     with _queue_lock(settings):
         storage = _connect(optuna, settings)
+        _STORAGES[settings.storage_url()] = storage
         try:
             study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner)
         except KeyError:
@@ -118,6 +124,15 @@ def open_study(settings: StudySettings, base: Config | None = None, space: dict 
         if base is not None:
             _check_or_store_settings(study, settings, base, space)
     return study
+
+
+#: The storage object each opened study uses (by URL): heartbeats and trial ids go through its public methods.
+_STORAGES: dict = {}
+
+
+def storage_of(settings: StudySettings):
+    """The RDB storage :func:`open_study` opened for these settings."""
+    return _STORAGES[settings.storage_url()]
 
 
 def _connect(optuna, settings: StudySettings, attempts: int = 5):
@@ -139,14 +154,25 @@ def _connect(optuna, settings: StudySettings, attempts: int = 5):
     raise AssertionError("unreachable")
 
 
+def _identity(config: dict) -> dict:
+    """The settings that make a study's trials what they are: the base config without its runtime keys (where and
+    how fast parts train: another worker may use another --cluster, --cpus-per-fold or --threads)."""
+    from kfold.training import RUNTIME_KEYS
+
+    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+
+
 def _check_or_store_settings(study, settings: StudySettings, base: Config, space: dict | None) -> None:
     attrs = study.user_attrs
     if "base_config" not in attrs:
         study.set_user_attr("base_config", base.to_dict())
         study.set_user_attr("space", space)
         study.set_user_attr("metric", settings.metric)
-    elif attrs["base_config"] != base.to_dict() or attrs.get("space") != space or attrs.get("metric") != settings.metric:
-        changed = sorted(k for k, v in base.to_dict().items() if attrs["base_config"].get(k) != v)
+        return
+    stored, now = _identity(attrs["base_config"]), _identity(base.to_dict())
+    defaults = Config().to_dict()
+    changed = sorted(k for k, v in now.items() if stored.get(k, defaults[k]) != v)
+    if changed or attrs.get("space") != space or attrs.get("metric") != settings.metric:
         raise ConfigError(f"study '{settings.study}' was started with other settings "
                           f"({', '.join(changed) or 'search space or metric'}); use another --study name")
 
@@ -200,13 +226,15 @@ def search(base: Config, settings: StudySettings, space: dict, n_trials: int, ti
 
     from kfold.training import shared_executors
 
-    if run_trial is None:  # the study's metric must be defined on the data's labels: refused before any trial
-        check_metric(base, settings)
+    data = check_metric(base, settings) if run_trial is None else None  # the metric defined on these labels?
     study = open_study(settings, base, space)
     if n_trials:
         added = queue_trials(study, settings, n_trials)
         log(f"study '{settings.study}' ({settings.storage_url()}): {added} trial(s) queued, target {n_trials}")
-    with shared_executors(base, log=log) as (cluster_slots, make):
+    # where trials train (a measured choice with --cluster auto on a CPU machine); entered at once, so a runtime
+    # started here is shut down on every path
+    placement = _trial_placement(base, settings, data, n_trials, log) if data is not None else None
+    with shared_executors(base, placement=placement, log=log) as (cluster_slots, make):
         workers = slots or cluster_slots
         trial_fn = run_trial or _kfold_trial(settings, make)
         counts = [{"COMPLETE": 0, "PRUNED": 0, "FAIL": 0} for _ in range(workers)]
@@ -243,10 +271,11 @@ def _work(study, base: Config, settings: StudySettings, space: dict, run_trial: 
     while timeout is None or time.monotonic() - started < timeout:
         with _queue_lock(settings):
             optuna.storages.fail_stale_trials(study)  # re-queues trials of workers that died
-            if not study.get_trials(deepcopy=False, states=(TS.WAITING,)):
+            waiting = {t.number for t in study.get_trials(deepcopy=False, states=(TS.WAITING,))}
+            if not waiting:
                 break
-            trial = study.ask()
-        if not _was_queued(study, trial):
+            trial = study.ask()  # pops a WAITING trial when one is left
+        if trial.number not in waiting:
             # a worker on another machine took the last queued trial between our check and ask()
             trial.set_user_attr("fail_reason", "surplus: no queued trial was left")
             study.tell(trial, state=TS.FAIL)
@@ -254,10 +283,13 @@ def _work(study, base: Config, settings: StudySettings, space: dict, run_trial: 
         params = suggest(trial, space)
         cfg = base.replace(**params)
         # a retried trial (its worker died) reuses the first attempt's run folder, so its finished folds count
-        origin = study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial", trial.number)
-        tag = f"{settings.study}-t{origin}"
+        storage = storage_of(settings)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(settings.study),
+                                                                   trial.number)
+        origin = _retry_callback(optuna).retried_trial_number(storage.get_trial(trial_id))
+        tag = f"{settings.study}-t{trial.number if origin is None else origin}"
         t0 = time.monotonic()
-        with heartbeat(study._storage, trial._trial_id, settings.heartbeat):
+        with heartbeat(storage, trial_id, settings.heartbeat):
             state, value, reason = _run(trial, cfg, tag, run_trial, settings, base.folds)
         secs = time.monotonic() - t0
         trial.set_user_attr("seconds", round(secs, 1))
@@ -275,19 +307,26 @@ def _work(study, base: Config, settings: StudySettings, space: dict, run_trial: 
         log(f"trial {trial.number} {state}: {result}  {shown}  ({secs:.0f}s)")
 
 
-def check_metric(base: Config, settings: StudySettings) -> None:
+def check_metric(base: Config, settings: StudySettings):
     """ConfigError when the study's metric is not defined on the training labels (micro_f1 without a no-relation
-    label), so that no trial is started only to fail the same way."""
+    label), so that no trial is started only to fail the same way. Returns the loaded data."""
     from kfold.data import load_data
 
     data = load_data(base, settings.workdir, log=lambda m: None)
     metric_fn(settings.metric, data.train.label_names, base.no_relation or None)
+    return data
 
 
-def _was_queued(study, trial) -> bool:
-    """True when ``trial`` was popped from the WAITING queue (enqueue_trial leaves fixed_params behind)."""
-    frozen = study._storage.get_trial(trial._trial_id)
-    return "fixed_params" in frozen.system_attrs
+def _trial_placement(base: Config, settings: StudySettings, data, n_trials: int, log: Callable[[str], None]):
+    """Where trials train: the base config's cluster; with ``--cluster auto`` on a CPU machine, one trial on every
+    core against trials side by side (one per slot), timed on this data for the trials wanted."""
+    from kfold.training import choose_executor, probe_sample_of_data, work_of
+
+    trials = max(1, n_trials)
+    return choose_executor(base, workdir=settings.workdir,
+                           sample=lambda: probe_sample_of_data(base, data, settings.workdir),
+                           work=lambda here: work_of([base] * trials, len(data.train)),
+                           data_hash=data.train.content_hash(), side_by_side=trials, log=log)
 
 
 def _fmt(v: Any) -> str:

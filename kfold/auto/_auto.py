@@ -23,15 +23,15 @@ from kfold.core.textio import read_json, write_json_atomic
 from kfold.data import load_data
 from kfold.training import Speed
 
-from ._plan import (FILL, MIN_EPOCHS, Plan, Size, candidates, choose_shape, make_plan, makespan, run_parts,
-                    run_seconds)
+from ._plan import (FILL, MIN_EPOCHS, Candidate, Plan, Size, candidates, choose_shape, fillers, fold_seconds,
+                    make_plan, makespan, refit_seconds, run_parts, versions)
 
 #: Where auto keeps the shape it chose (folds, epochs), so a rerun with a larger budget adds runs of the same shape.
 SHAPE_FILE = "auto-shape.json"
 
 
 class BudgetReached(ToolkitError):
-    """Raised between folds when the next fold would not finish inside the budget (completed folds stay)."""
+    """Raised before a part is submitted when it would not finish inside the budget (completed parts stay)."""
 
 
 @dataclass
@@ -77,8 +77,9 @@ def parse_budget(text: str) -> float:
 
 
 def _progress(workdir: Path, cfg: Config) -> float:
-    """Share of a run's folds complete in the store: 1.0 once assembled (and refit, with --refit); a run stopped
-    by the budget or Ctrl-C has the share of its completed folds and resumes from there."""
+    """Share of a run's parts complete in the store: 1.0 only once its OOF is assembled (and its refit written,
+    where planned), so only such a run is a blend member; a run stopped by the budget or Ctrl-C has the share of
+    its completed folds (every fold written but not assembled counts one step short) and resumes from there."""
     from kfold.training import run_name
 
     run = RunDir(workdir / "runs" / run_name(cfg))
@@ -86,23 +87,27 @@ def _progress(workdir: Path, cfg: Config) -> float:
         return 0.0
     if run.oof_path.exists() and (not cfg.refit or run.fold_record(REFIT) is not None):
         return 1.0
-    return sum(run.fold_record(f) is not None for f in range(cfg.folds)) / (cfg.folds + (1 if cfg.refit else 0))
+    steps = cfg.folds + 1 + (1 if cfg.refit else 0)  # the folds, the assembly, the refit
+    done = sum(run.fold_record(f) is not None for f in range(cfg.folds)) + (1 if run.oof_path.exists() else 0)
+    return done / steps
 
 
-def _shape(base: Config, size: Size, speed: Speed, budget: float, workdir: Path, fixed_folds: bool, log) -> Config:
+def _shape(base: Config, size: Size, speed: Speed, budget: float, workdir: Path, fixed_folds: bool, slots: int,
+           log) -> Config:
     """The base config with the folds and epochs of this workdir's earlier auto runs, or chosen for the budget
-    (with ``fixed_folds``, the base's own k)."""
+    on ``slots`` slots (with ``fixed_folds``, the base's own k)."""
     path = workdir / SHAPE_FILE
     if path.exists():
         shape = read_json(path)
         log(f"shape of the earlier auto runs in {workdir}: {shape['folds']} folds, {shape['epochs']} epochs")
         return base.replace(**shape)
-    cfg = choose_shape(base, size, speed, budget, base.folds if fixed_folds else None)
+    cfg = choose_shape(base, size, speed, budget, base.folds if fixed_folds else None, slots)
     if cfg is None:
         smallest = base.replace(folds=2, epochs=MIN_EPOCHS, average_epochs=1 if base.average_epochs else 0, refit=False)
+        need = makespan([run_parts(smallest, size, speed)], slots)
         raise ConfigError(f"--budget {budget / 60:.1f} min: the smallest plan (2 folds x {MIN_EPOCHS} epoch of {base.variant}"
-                          f"{', no refit' if base.refit else ''}) needs about {run_seconds(smallest, size, speed) / 60:.1f} "
-                          "min on this machine; raise --budget")
+                          f"{', no refit' if base.refit else ''}) needs about {need / 60:.1f} "
+                          f"min on this machine ({slots} slot(s)); raise --budget")
     if base.refit and not cfg.refit:
         log("no time for a full-data refit in this budget: the fold models predict the test file")
     return cfg
@@ -135,18 +140,23 @@ def _idle_reason(plan: Plan) -> str:
 
 
 def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monotonic, train: Callable | None = None,
-             probe: Callable | None = None, log: Callable[[str], None] = print) -> AutoResult:
+             probe: Callable | None = None, log: Callable[[str], None] = print, executor=None) -> AutoResult:
     """Check the data, measure the machine, plan, train run after run (re-planning from measured times), blend
     the finished runs by the best honest method and write and check the leaderboard file.
 
-    With a cluster (``--cluster``; see ``kfold.training.make_executor``) the parts of several runs train side by
-    side: the probe measures every slot at once, the plan is the makespan of the runs' parts over the slots, and
-    each step trains the next runs of the plan (as many as there are slots) in one queue.
+    Where parts train (``--cluster``; see ``kfold.training.choose_executor``): on a CPU machine ``--cluster auto``
+    times one part on every core against parts side by side and takes the faster; with several slots the parts
+    of several runs train side by side, the probe measures every slot at once, the plan is the makespan of the
+    runs' parts over the slots, and each step trains the next runs of the plan (as many as there are slots) in
+    one queue. A cluster's nodes are checked before the probe. Every part, the refit included, starts only when
+    its estimate says it can finish inside the budget; a budget that stops the queue still blends and writes the
+    file from the runs that completed.
 
-    ``clock``, ``train`` (``run_kfold``'s signature) and ``probe`` (returns a Speed) are replaceable for tests.
-    Returns what was done. Raises DataProblems, ConfigError (budget too small, nothing finished), StoreError.
+    ``clock``, ``train`` (``run_kfold``'s signature), ``probe`` (returns a Speed) and ``executor`` are replaceable
+    for tests. Returns what was done. Raises DataProblems, ConfigError (budget too small, nothing finished),
+    StoreError.
     """
-    from kfold.training import make_executor, run_kfold, run_many, run_name
+    from kfold.training import run_kfold, run_many, run_name
 
     t0 = clock()
     workdir = Path(settings.workdir)
@@ -158,38 +168,59 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
         base = base.replace(refit=False)
         settings.test_source = "folds"
     size = Size(len(data.train), len(data.test) if data.test else 0)
-    # where the parts train: real runs go through the executor of the base config (in this process, or a cluster's
-    # slots); a stand-in trainer (tests) trains one run at a time
-    executor = make_executor(base, len(data.train), log=log) if train is None else None
+    # where the parts train: real runs go through one executor (in this process, or a cluster's slots); a
+    # stand-in trainer (tests) trains one run at a time
+    placement = None
+    own = executor is None and train is None
+    if own:
+        placement = _placement(settings, base, data, log, measure=probe is None)
+        executor = placement.executor
     try:
-        return _loop(settings, base, data, size, executor, clock, t0,
-                     train or (lambda cfg, wd, log, on_fold: run_kfold(cfg, wd, log=log, on_fold=on_fold,
-                                                                       executor=executor)),
-                     lambda cfgs, wd, log, on_fold: run_many(cfgs, wd, log=log, on_fold=on_fold, executor=executor),
+        if executor is not None:
+            executor.check([base.backbone])  # a cluster's nodes (versions, backbone) before the probe runs on them
+        return _loop(settings, base, data, size, executor, placement, clock, t0,
+                     train or (lambda cfg, wd, log, before_part: run_kfold(cfg, wd, log=log, before_part=before_part,
+                                                                           executor=executor)),
+                     lambda cfgs, wd, log, before_part: run_many(cfgs, wd, log=log, before_part=before_part,
+                                                                 executor=executor),
                      probe, log, run_name)
     finally:
-        if executor is not None:
+        if own and executor is not None:
             executor.close()
 
 
-def _loop(settings: AutoSettings, base: Config, data, size: Size, executor, clock, t0: float, train: Callable,
-          train_many: Callable, probe: Callable | None, log, run_name) -> AutoResult:
+def _placement(settings: AutoSettings, base: Config, data, log, measure: bool = True):
+    """The executor for auto's runs; with ``--cluster auto`` on a CPU machine, the arrangement measured on this
+    data for work that fills the budget (several runs' parts). ``measure=False`` (a stand-in probe: tests): in
+    this process unless a cluster is named."""
+    from kfold.training import Work, choose_executor, probe_sample_of_data
+
+    workdir = Path(settings.workdir)
+
+    def work(here: Speed) -> Work:
+        row_epochs = settings.budget * here.train_rows_per_s
+        per_part = max(1.0, len(data.train) * (base.folds - 1) / base.folds * base.epochs)
+        return Work(row_epochs, max(2, int(row_epochs / per_part)))
+
+    return choose_executor(base, workdir=workdir, sample=(lambda: probe_sample_of_data(base, data, workdir)) if measure
+                           else None, work=work, data_hash=data.train.content_hash(), log=log)
+
+
+def _loop(settings: AutoSettings, base: Config, data, size: Size, executor, placement, clock, t0: float,
+          train: Callable, train_many: Callable, probe: Callable | None, log, run_name) -> AutoResult:
     """Probe, shape, plan, train step after step (re-planning after each), blend (see :func:`run_auto`)."""
     workdir = Path(settings.workdir)
     slots = executor.slots if executor is not None else 1
     where = executor.description if executor is not None and slots > 1 else ""
     if probe is None:
-        from kfold.training import probe_speed
-
-        def probe(cfg: Config) -> Speed:
-            return probe_speed(cfg, data, workdir, executor=executor)
-
+        probe = _measured_probe(data, workdir, executor, placement)
     speed = probe(base)
     log(f"probe: {speed.train_rows_per_s:.1f} training rows/s, {speed.predict_rows_per_s:.1f} predicted rows/s, "
         f"{speed.load_seconds:.1f} s to build the model" + (f" (per slot, all {slots} busy)" if slots > 1 else "")
-        + f" ({clock() - t0:.0f} s so far)")
-    # the shape is chosen for the slot-seconds the budget holds (a run's folds spread over the slots)
-    shaped = _shape(base, size, speed, (settings.budget - (clock() - t0)) * slots, workdir, settings.fixed_folds, log)
+        + (f"; a part alone on every core {speed.alone:.1f} training rows/s" if speed.alone != speed.train_rows_per_s
+           else "") + f" ({clock() - t0:.0f} s so far)")
+    # the shape is chosen with the makespan the plan uses (folds side by side, the refit after them)
+    shaped = _shape(base, size, speed, settings.budget - (clock() - t0), workdir, settings.fixed_folds, slots, log)
     cands = candidates(shaped, has_directions(data.train.label_names), data.train.has_types, settings.max_runs)
     result = AutoResult()
     correction, estimated, measured = 1.0, 0.0, 0.0
@@ -227,24 +258,12 @@ def _loop(settings: AutoSettings, base: Config, data, size: Size, executor, cloc
                 f"(~{r.seconds / 60:.1f} slot-min; {r.candidate.why})")
         log(f"{'these runs' if len(batch) > 1 else 'it'} should be done about {eta} (~{expected / 60:.1f} min)")
         start = clock()
-        per_fold = max(max(folds, default=0.0) for folds, _ in parts) * correction
-
-        reported = [0]  # folds the batch has reported (trained or already complete): every fold reports once
-
-        def guard(fold: int, record: dict) -> None:
-            reported[0] += 1
-            left = settings.budget - (clock() - t0) - plan.reserve
-            folds_left = sum(r.candidate.config.folds for r in batch) - reported[0]
-            if folds_left and per_fold > left:
-                nxt = f"fold {fold + 1}" if len(batch) == 1 else "the next fold"
-                raise BudgetReached(f"{', '.join(names)}: {nxt} would not finish inside the budget "
-                                    f"({left / 60:.1f} min left); completed folds are kept for a larger --budget")
-
+        guard = _budget_guard(settings, size, speed, plan, correction, clock, t0)
         try:
             if len(batch) == 1:
-                train(batch[0].candidate.config, workdir, log=log, on_fold=guard)
+                train(batch[0].candidate.config, workdir, log=log, before_part=guard)
             else:
-                train_many([r.candidate.config for r in batch], workdir, log=log, on_fold=guard)
+                train_many([r.candidate.config for r in batch], workdir, log=log, before_part=guard)
         except BudgetReached as exc:
             log(f"stopped: {exc}")
             break
@@ -257,12 +276,65 @@ def _loop(settings: AutoSettings, base: Config, data, size: Size, executor, cloc
     final = make_plan(cands, size, speed, 0.0, progress)  # what is complete now, candidate by candidate
     members = [run_name(r.candidate.config) for r in final.runs if r.status == "done"]
     if not members:
+        members = _without_refits(workdir, cands, run_name, settings, log)
+    if not members:
         raise ConfigError(f"no run finished inside --budget {settings.budget / 60:.1f} min; raise it (completed folds "
                           "are kept, the same command resumes)")
     result.members = members
     _blend(settings, data, members, result, log)
     result.seconds = clock() - t0
     return result
+
+
+def _measured_probe(data, workdir: Path, executor, placement) -> Callable[[Config], Speed]:
+    """The probe: what choosing the executor measured (a slot's speed, and one part's on every core), else a probe
+    on the executor's slots (or here)."""
+    from kfold.training import probe_speed
+
+    def probe(cfg: Config) -> Speed:
+        slots = executor.slots if executor is not None else 1
+        if placement is not None and placement.here is not None:
+            if slots > 1 and placement.slot is not None:
+                return Speed(placement.slot.train_rows_per_s, placement.slot.predict_rows_per_s,
+                             placement.slot.load_seconds, placement.here.train_rows_per_s)
+            if slots == 1:
+                return placement.here
+        return probe_speed(cfg, data, workdir, executor=executor)
+
+    return probe
+
+
+def _budget_guard(settings: AutoSettings, size: Size, speed: Speed, plan: Plan, correction: float, clock,
+                  t0: float) -> Callable:
+    """The scheduler's pre-submit hook: a part (a fold or the refit) starts only when its estimate (times what the
+    runs so far took against theirs) finishes inside the budget, the blending reserve kept."""
+
+    def guard(cfg: Config, run: str, part) -> None:
+        left = settings.budget - (clock() - t0) - plan.reserve
+        need = (refit_seconds(cfg, size, speed) if part == REFIT else fold_seconds(cfg, size, speed)) * correction
+        if need > left:
+            what = "refit" if part == REFIT else f"fold {part}"
+            raise BudgetReached(f"{run} {what} would not finish inside the budget (needs ~{need / 60:.1f} min, "
+                                f"{max(left, 0.0) / 60:.1f} min left); completed parts are kept for a larger --budget")
+
+    return guard
+
+
+def _without_refits(workdir: Path, cands: list[Candidate], run_name, settings: AutoSettings, log) -> list[str]:
+    """When no run completed with its planned refit (the budget stopped them): the runs whose OOF is assembled,
+    their fold models predicting the test file, so the budget still ends with a file."""
+    names = []
+    for cand in cands:
+        for version in versions(cand) + fillers(cand):
+            cfg = version.config
+            if RunDir(workdir / "runs" / run_name(cfg)).oof_path.exists() and run_name(cfg) not in names:
+                names.append(run_name(cfg))
+                break
+    if names and settings.test_source != "folds":
+        log(f"no run finished its refit inside the budget: {len(names)} run(s) with all their folds are blended, "
+            "their fold models predict the test file")
+        settings.test_source = "folds"
+    return names
 
 
 def _blend(settings: AutoSettings, data, members: list[str], result: AutoResult, log) -> None:

@@ -98,11 +98,12 @@ def fold_seconds(cfg: Config, size: Size, speed: Speed) -> float:
 
 
 def refit_seconds(cfg: Config, size: Size, speed: Speed) -> float:
-    """Estimated seconds of the refit on every training row (0 without ``cfg.refit``)."""
+    """Estimated seconds of the refit on every training row (0 without ``cfg.refit``). It is a run's last part and
+    trains alone, on every core of a CPU machine (``speed.alone``)."""
     if not cfg.refit:
         return 0.0
     train_mult = (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
-    return (speed.load_seconds + cfg.epochs * size.n_train * train_mult / speed.train_rows_per_s
+    return (speed.load_seconds + cfg.epochs * size.n_train * train_mult / speed.alone
             + size.n_test * (2 if cfg.tta == "swap" else 1) / speed.predict_rows_per_s)
 
 
@@ -165,12 +166,14 @@ def averaged_for(epochs: int, base: Config) -> int:
     return max(1, min(base.average_epochs, round(epochs * base.average_epochs / base.epochs)))
 
 
-def choose_shape(base: Config, size: Size, speed: Speed, budget: float, fixed_folds: int | None = None
-                 ) -> Config | None:
-    """Folds and epochs for the runs of a budget: k = 5 when RUNS_FOR_FIVE_FOLDS runs of the base fit, else 3,
-    else 2 when one full run fits; else the most epochs (down to MIN_EPOCHS) with which a 3-fold, else a 2-fold
-    run fits; else the same without the full-data refit (the fold models then predict the test file); None when
-    nothing fits.
+def choose_shape(base: Config, size: Size, speed: Speed, budget: float, fixed_folds: int | None = None,
+                 slots: int = 1) -> Config | None:
+    """Folds and epochs for the runs of a budget, each shape timed by the same :func:`makespan` the plan uses on
+    ``slots`` slots (folds side by side, the refit after them): k = 5 when RUNS_FOR_FIVE_FOLDS runs of the base
+    fit, else 3, else 2 when one full run fits; else the most epochs (down to MIN_EPOCHS) with which a 3-fold, else
+    a 2-fold run fits; else the same without the full-data refit (the fold models then predict the test file);
+    None when nothing fits. Among the fold counts of one step, a count that fills the slots in fewer rounds is tried
+    first when it fits (2 folds on 2 slots finish in one round, 3 need two).
 
     ``fixed_folds``: the workdir already has a fold map with this k (runs share one fold map).
 
@@ -180,18 +183,22 @@ def choose_shape(base: Config, size: Size, speed: Speed, budget: float, fixed_fo
     """
     usable = budget * (1 - SAFETY) - reserve_seconds(3, size)
     folds = [fixed_folds] if fixed_folds else list(FOLD_CHOICES)
+
+    def need(cfg: Config, runs: int = 1) -> float:
+        return makespan([run_parts(cfg, size, speed)] * runs, slots)
+
     for k in folds:
         cfg = base.replace(folds=k)
-        need = RUNS_FOR_FIVE_FOLDS if k == 5 and not fixed_folds else 1
-        if need * run_seconds(cfg, size, speed) <= usable:
+        if need(cfg, RUNS_FOR_FIVE_FOLDS if k == 5 and not fixed_folds else 1) <= usable:
             return cfg
     for epochs in range(base.epochs - 1, MIN_EPOCHS - 1, -1):  # epochs matter more than a third fold
-        for k in folds if fixed_folds else [3, 2]:
-            cfg = base.replace(folds=k, epochs=epochs, average_epochs=averaged_for(epochs, base))
-            if run_seconds(cfg, size, speed) <= usable:
-                return cfg
+        shapes = [base.replace(folds=k, epochs=epochs, average_epochs=averaged_for(epochs, base))
+                  for k in (folds if fixed_folds else [3, 2])]
+        fitting = [cfg for cfg in shapes if need(cfg) <= usable]
+        if fitting:  # the most folds that fit, unless fewer folds fill the slots in fewer rounds
+            return min(fitting, key=lambda cfg: (math.ceil(cfg.folds / slots) if slots > 1 else 0, -cfg.folds))
     if base.refit:
-        return choose_shape(base.replace(refit=False), size, speed, budget, fixed_folds)
+        return choose_shape(base.replace(refit=False), size, speed, budget, fixed_folds, slots)
     return None
 
 
@@ -273,8 +280,8 @@ def make_plan(cands: list[Candidate], size: Size, speed: Speed, remaining: float
     for i in range(len(cands)):
         if chosen[i] is None:
             fit(i, shares[i][: n_main[i]])
-    for i in range(len(cands)):  # fillers: the budget's idle rest, when it is more than FILL of it
-        if chosen[i] is None and budget - makespan(parts, plan.slots) - plan.reserve > FILL * remaining:
+    for i in range(len(cands)):  # fillers: the budget's idle rest (its reserve for blending kept), over FILL of it
+        if chosen[i] is None and budget - makespan(parts, plan.slots) - reserve_seconds(members, size) > FILL * remaining:
             fit(i, shares[i][n_main[i]:])
     needs = [(makespan(parts + [run_parts(v.config, size, speed, share, correction)], plan.slots), v)
              for i, vs in enumerate(shares) if chosen[i] is None for v, share in vs[-1:]]

@@ -18,6 +18,7 @@ _EXPORTS = {
     "ConfigError": ".errors",
     "StoreError": ".errors",
     "TrainingError": ".errors",
+    "RuntimeLost": ".errors",
     "DataProblems": ".errors",
     "Problem": ".errors",
     "ProblemList": ".errors",

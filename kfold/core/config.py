@@ -130,7 +130,8 @@ class Config:
     device: str = "auto"
     threads: int = 0
     # where the parts of a run (its folds, its refit) train: in this process ("none"), side by side on a Ray
-    # runtime started on this machine ("local"), or chosen from the machine ("auto"); see kfold.training._executors
+    # runtime of its own on this machine ("local"), on a Ray cluster (HOST:PORT), or chosen ("auto": measured on a
+    # CPU machine); see kfold.training._choose
     cluster: str = "auto"
     gpus_per_fold: float = -1.0
     cpus_per_fold: int = 0

@@ -32,6 +32,11 @@ class TrainingError(ToolkitError):
     """Training cannot go on (NaN loss, out of memory at micro-batch 1, ...)."""
 
 
+class RuntimeLost(TrainingError):
+    """The engine that runs the parts is gone (a Ray runtime's local node, the head, the connection to a
+    cluster): no part can finish on it. Completed parts are kept; the same command resumes."""
+
+
 def where(path: Any = None, row: int | None = None, field: str | None = None) -> str:
     """Format a location as ``file: row N, field 'x'`` (parts that are None are left out)."""
     parts = []

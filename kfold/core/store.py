@@ -172,6 +172,21 @@ class RunDir:
     def summary_path(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def log_path(self) -> Path:
+        """``log.txt``: every line the run's parts and the driver wrote about it, failures with their tracebacks
+        (appended; never read back by the toolkit)."""
+        return self.root / "log.txt"
+
+    def append_log(self, lines: list[str]) -> None:
+        """Append lines to the run's log (an append-only text file, not a record: it marks nothing complete)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write("".join(f"{line}\n" for line in lines))
+        except OSError as exc:
+            raise StoreError(f"{self.log_path}: cannot write: {exc.strerror}") from None
+
     def read_config(self) -> dict:
         raw = read_json(self.config_path)
         if not isinstance(raw, dict) or "config" not in raw or "label_names" not in raw:

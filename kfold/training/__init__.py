@@ -1,8 +1,12 @@
 """Folds and runs: the one training loop (a fold, or the refit on every row), devices and precision, fold maps
-made once and shared, the runner that trains a run's missing parts and writes them to the run store, prediction
-of new test files with saved fold models, and the probe that measures this machine's speed.
+made once and shared, parts computed from values, the executors that compute them (in this process, or on Ray),
+the scheduler that writes their results to the run store, the runner, prediction of new test files with saved
+fold models, and the probe that measures this machine's speed.
 
-Imports the layers below (core, data, encoding, model); ``tuning``, ``kfold.auto`` and the CLI call it.
+Imports the layers below (core, data, encoding, model); ``tuning``, ``kfold.auto`` and the CLI call it. Inside,
+modules are layered too (checked by an import-linter contract in pyproject.toml), top to bottom: ``_runner``;
+``_predict``; ``_choose`` (which executor); ``_schedule`` | ``_probe``; ``_inprocess`` | ``_ray``; ``_parts``;
+``_train`` | ``_folds``; ``_resources`` (events, the executor interface, resource rules, torch- and Ray-free).
 """
 
 from __future__ import annotations
@@ -47,12 +51,21 @@ _EXPORTS = {
     "PartResult": "._parts",
     "RunPayload": "._parts",
     "compute_part": "._parts",
-    "InProcessExecutor": "._executors",
-    "make_executor": "._executors",
-    "shared_executors": "._executors",
-    "resolve_cluster": "._executors",
-    "slots_of": "._executors",
-    "fold_data": "._runner",
+    "InProcessExecutor": "._inprocess",
+    "make_executor": "._choose",
+    "choose_executor": "._choose",
+    "job_executor": "._runner",
+    "Placement": "._choose",
+    "Work": "._choose",
+    "work_of": "._choose",
+    "shared_executors": "._choose",
+    "resolve_cluster": "._choose",
+    "slots_of": "._resources",
+    "available_cores": "._resources",
+    "Event": "._resources",
+    "Failure": "._schedule",
+    "fold_data": "._parts",
+    "Swapped": "._parts",
     "swapped_features": "._runner",
     "data_record": "._runner",
     "RUNTIME_KEYS": "._runner",
@@ -60,8 +73,12 @@ _EXPORTS = {
     # _predict
     "predict_run": "._predict",
     # _probe
-    "Speed": "._probe",
+    "Speed": "._resources",
     "probe_speed": "._probe",
+    "probe_sample": "._probe",
+    "probe_sample_of_data": "._probe",
+    "measure_here": "._probe",
+    "measure_slots": "._probe",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,7 +18,18 @@ import numpy as np
 
 from kfold.core.config import Config
 from kfold.core.store import REFIT
-from kfold.encoding import Features
+from kfold.encoding import Features, concat_features
+
+from ._train import FoldData, pick_device, train_fold
+
+
+@dataclass
+class Swapped:
+    """Token features of the training and test rows with the entities swapped (``--augment/--tta swap``)."""
+
+    perm: np.ndarray
+    train: Features
+    test: Features | None
 
 
 @dataclass
@@ -28,7 +39,7 @@ class RunPayload:
 
     train: Features
     test: Features | None
-    swapped: object | None  # kfold.training._runner.Swapped
+    swapped: Swapped | None
     y: np.ndarray
     folds: np.ndarray
 
@@ -45,6 +56,8 @@ class PartSpec:
     vocab_size: int
     keep_epoch: int | None = None  # the refit: the epoch the folds chose (median), when no weights are averaged
     attempt: int = 1
+    #: the share of one GPU this part may fill (``--gpus-per-fold 0.5``: 0.5); 0 = a whole device or none
+    gpu_share: float = 0.0
 
     @property
     def name(self) -> str:
@@ -70,16 +83,46 @@ def part_indices(spec: PartSpec, payload: RunPayload) -> tuple[np.ndarray, np.nd
     return np.flatnonzero(payload.folds != spec.part), np.flatnonzero(payload.folds == spec.part)
 
 
+def fold_data(cfg: Config, tr: np.ndarray, va: np.ndarray, y: np.ndarray, train_feats: Features,
+              test_feats: Features | None, swapped: Swapped | None) -> FoldData:
+    """One fold's FoldData. ``--augment swap`` adds the swapped copy of every training-part row (the
+    validation part is never augmented, so OOF stays one row per id); ``--tta swap`` adds the swapped
+    validation and test rows."""
+    train, y_train = train_feats.take(tr), y[tr]
+    if cfg.augment == "swap":
+        train, y_train = concat_features(train, swapped.train.take(tr)), np.concatenate([y_train, swapped.perm[y[tr]]])
+    data = FoldData(train, y_train, train_feats.take(va), y[va], test_feats)
+    if cfg.tta == "swap":
+        data.valid_swapped, data.test_swapped, data.swap_perm = swapped.train.take(va), swapped.test, swapped.perm
+    return data
+
+
+def limit_gpu_memory(share: float, cuda=None) -> bool:
+    """A part packed with others on one GPU (``--gpus-per-fold 0.5``) may fill only its share of the device's
+    memory: torch's allocator raises out-of-memory beyond it, so ``--auto-micro-batch`` sizes the micro-batch
+    within the share instead of from memory the other part is about to take. Returns whether a limit was set.
+    ``cuda``: ``torch.cuda`` (replaceable for tests)."""
+    if not 0.0 < share < 1.0:
+        return False
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda
+    if not cuda.is_available():
+        return False
+    cuda.set_per_process_memory_fraction(share, 0)
+    return True
+
+
 def compute_part(spec: PartSpec, payload: RunPayload, *, device_name: str = "", node: str = "",
                  log: Callable[[str], None] | None = None, model_factory: Callable | None = None) -> PartResult:
     """Train one part and predict its validation rows (a fold) and the test rows; returns the numbers.
 
-    ``device_name`` and ``node`` say where it ran (completion record); ``log`` receives the epoch lines (default:
-    kept in the result). ``model_factory(cfg, num_labels, vocab_size)`` replaces the backbone (tests).
+    ``device_name`` and ``node`` say where it ran (completion record); ``log`` receives the epoch lines as they
+    are written (default: kept in the result). ``model_factory(cfg, num_labels, vocab_size)`` replaces the
+    backbone (tests).
     """
-    from ._runner import fold_data
-    from ._train import pick_device, train_fold
-
+    limit_gpu_memory(spec.gpu_share)
     lines: list[str] = []
     tr, va = part_indices(spec, payload)
     fdata = fold_data(spec.cfg, tr, va, payload.y, payload.train, payload.test, payload.swapped)

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 
 from kfold.core.config import Config, environment
-from kfold.core.errors import StoreError
+from kfold.core.errors import ConfigError, StoreError
 from kfold.core.metrics import auprc_labels, majority_accuracy, metric_fn, no_relation_index
 from kfold.core.store import RunDir
 from kfold.core.textio import write_json_atomic
 from kfold.data import LoadedData, inverse_labels, list_path, load_data, swap_entities
-from kfold.encoding import (Features, backbone_slug, check_marker, concat_features, crop_note, encode_cached,
-                            entity_types, load_tokenizer, marker_tokens)
+from kfold.core.store import REFIT
+from kfold.encoding import (Features, backbone_slug, check_marker, crop_note, encode_cached, entity_types,
+                            load_tokenizer, marker_tokens)
 
-from ._executors import make_executor
+from ._choose import Work, choose_executor, part_row_epochs
 from ._folds import FoldMap, fold_map_for
-from ._parts import RunPayload
+from ._parts import RunPayload, Swapped
+from ._probe import probe_sample
 from ._schedule import Job, RunOutcome, run_jobs
-from ._train import FoldData, compute_line
+from ._train import compute_line
 
 #: Settings that do not change a run's numbers; they may differ between invocations of one run.
 #: (How the data is read, offsets and too-far rows, shows in the data hash and the token features: a file read
@@ -122,15 +122,6 @@ def data_record(cfg: Config, data: LoadedData, feats: Features, workdir: str | P
             **{f"{kind}_csv": str(path) if path.exists() else "" for kind, path in listed.items()}}
 
 
-@dataclass
-class Swapped:
-    """Token features of the training and test rows with the entities swapped (``--augment/--tta swap``)."""
-
-    perm: np.ndarray
-    train: Features
-    test: Features | None
-
-
 def swapped_features(cfg: Config, train, test, tokenizer, cache: str | Path | None) -> Swapped | None:
     """The swapped readings a config needs (None without ``--augment swap`` / ``--tta swap``).
 
@@ -141,20 +132,6 @@ def swapped_features(cfg: Config, train, test, tokenizer, cache: str | Path | No
     encoded = [encode_cached(swap_entities(ds, perm), tokenizer, cfg.marker, cfg.max_len, cache, cfg.too_far)[0]
                if ds is not None else None for ds in (train, test)]
     return Swapped(perm, *encoded)
-
-
-def fold_data(cfg: Config, tr: np.ndarray, va: np.ndarray, y: np.ndarray, train_feats: Features,
-              test_feats: Features | None, swapped: Swapped | None) -> FoldData:
-    """One fold's FoldData. ``--augment swap`` adds the swapped copy of every training-part row (the
-    validation part is never augmented, so OOF stays one row per id); ``--tta swap`` adds the swapped
-    validation and test rows."""
-    train, y_train = train_feats.take(tr), y[tr]
-    if cfg.augment == "swap":
-        train, y_train = concat_features(train, swapped.train.take(tr)), np.concatenate([y_train, swapped.perm[y[tr]]])
-    data = FoldData(train, y_train, train_feats.take(va), y[va], test_feats)
-    if cfg.tta == "swap":
-        data.valid_swapped, data.test_swapped, data.swap_perm = swapped.train.take(va), swapped.test, swapped.perm
-    return data
 
 
 #: One driver thread at a time prepares a run (``tuning search`` runs one trial per slot in threads): the first
@@ -175,6 +152,8 @@ def prepare_job(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None
 def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, tag: str, log: Callable[[str], None],
                  on_fold: Callable[[int, dict], None] | None) -> Job:
     data, fm, tokenizer, train_feats, test_feats, _, swapped = prepare(cfg, workdir, log)
+    if cfg.refit and data.test is None:  # refused before anything trains (it would fail after every fold)
+        raise ConfigError("--refit trains one more model on every row to predict the test file; pass --test")
     run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag))
     _check_identity(run, cfg, data, fm)
     wanted = list(range(cfg.folds)) if folds is None else list(folds)
@@ -200,31 +179,55 @@ def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, 
 
 def run_many(cfgs: Sequence[Config], workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
              log: Callable[[str], None] = print, model_factory=None, on_fold: Callable[[int, dict], None] | None = None,
-             executor=None) -> list[RunOutcome]:
+             executor=None, before_part: Callable | None = None) -> list[RunOutcome]:
     """Train the missing parts of several runs (variants x backbones x seeds) in one queue: every slot of the
     executor stays busy across run boundaries, results are written as they arrive.
 
     ``executor``: where parts train (default: from the first config's ``cluster`` settings, see
-    ``kfold.training._executors.make_executor``); closed here when made here. Other parameters as :func:`run_kfold`.
+    ``kfold.training._choose.choose_executor``: ``--cluster auto`` on a CPU machine times both arrangements on this
+    data); closed here when made here. ``before_part(config, run name, part)``: called before each part is
+    submitted (what it raises stops the queue). Other parameters as :func:`run_kfold`.
     """
     jobs = [prepare_job(cfg, workdir, folds=folds, tag=tag, log=log, on_fold=on_fold) for cfg in cfgs]
     own = executor is None
     if own:
-        executor = make_executor(cfgs[0], len(jobs[0].payload.y), log=log, model_factory=model_factory)
+        executor = job_executor(jobs, workdir, log=log, model_factory=model_factory).executor
         if executor.slots > 1:
             log(f"parts: {executor.description}")
     try:
         executor.check([cfg.backbone for cfg in cfgs])  # a cluster's nodes: same versions, backbones there
-        run_jobs(jobs, executor, log)
+        run_jobs(jobs, executor, log, before_part=before_part)
     finally:
         if own:
             executor.close()
     return [job.outcome for job in jobs]
 
 
+def job_executor(jobs: list[Job], workdir: str | Path, *, log: Callable[[str], None] = print, model_factory=None):
+    """The Placement for these jobs' parts (see ``choose_executor``): the probe sample is drawn from the first
+    job's token features, the work is the parts still missing."""
+    first = jobs[0]
+    row_epochs, parts = 0.0, 0
+    for job in jobs:
+        n = len(job.payload.y)
+        for part in job.folds + ([REFIT] if job.cfg.refit else []):
+            if job.run.fold_record(part) is None:
+                row_epochs += part_row_epochs(job.cfg, n, part == REFIT)
+                parts += 1
+
+    def sample():
+        return probe_sample(first.cfg, first.payload.train, first.payload.y, first.data.train.label_names,
+                            first.tokenizer.pad_token_id, len(first.tokenizer))
+
+    return choose_executor(first.cfg, workdir=workdir, sample=sample if parts else None,
+                           work=lambda speed: Work(row_epochs, parts), data_hash=first.data.train.content_hash(),
+                           side_by_side=max(parts, 1), log=log, model_factory=model_factory)
+
+
 def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
               log: Callable[[str], None] = print, model_factory=None,
-              on_fold: Callable[[int, dict], None] | None = None, executor=None) -> RunOutcome:
+              on_fold: Callable[[int, dict], None] | None = None, executor=None,
+              before_part: Callable | None = None) -> RunOutcome:
     """Train the folds of one run that are not complete yet, then assemble OOF and test logits.
 
     Parameters
@@ -235,6 +238,8 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     on_fold: called as ``on_fold(fold, completion_record)`` after each fold is complete (tuning reports
     fold scores to its pruner this way; an exception raised there stops the run, completed folds stay).
     executor: where the parts train (default: made from ``cfg``, see :func:`run_many`; one given is not closed).
+    before_part: called as ``before_part(config, run name, part)`` before each part is submitted (``kfold auto``'s budget guard;
+    what it raises stops the run, completed folds stay).
 
     Returns
     -------
@@ -250,4 +255,4 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     >>> run_kfold(Config(variant="split", data="train.tsv"), "runs")  # doctest: +SKIP
     """
     return run_many([cfg], workdir, folds=folds, tag=tag, log=log, model_factory=model_factory, on_fold=on_fold,
-                    executor=executor)[0]
+                    executor=executor, before_part=before_part)[0]

@@ -3,11 +3,19 @@ store as they arrive. Only this process writes the store (atomic writes, the com
 compute and return.
 
 A run's parts are its folds, then its refit (which starts once every fold is complete). A part is claimed under
-its fold lock, so two drivers on one workdir never train the same part; one already complete is skipped. What a
-part raised (out of memory, a NaN loss) is reported once and not retried, and that run starts no further part
-(they would fail alike); other runs go on. A part whose worker or node died is retried, up to ``--retries`` times.
-An exception raised by ``on_fold`` (a pruned trial, a budget reached) stops the queue once the running parts are
-written.
+its fold lock, so two drivers on one workdir never train the same part; one already complete is skipped. Before a
+part is submitted, ``before_part`` may stop the queue (``kfold auto``: the part could not finish inside the
+budget). The rules for what goes wrong:
+
+- What a part raised (out of memory, a NaN loss), and what the driver raised while writing or assembling a run's
+  results, fail that run only: its completed parts stay, it starts no further part, the other runs go on.
+- A part whose worker or node died is retried (``--retries``), unless the queue is stopping.
+- A stop (what ``on_fold`` or ``before_part`` raised: a pruned trial, a budget reached) submits nothing more; the
+  running parts are written, and a run whose folds are all written is assembled, stop or no stop.
+- The runtime lost (:class:`RuntimeLost`): one line saying what was lost, what completed and was kept, and that the
+  same command resumes.
+- Every failure is reported once at the end, with its own traceback (the worker's, under Ray); a stop never hides
+  a failure. Every line about a run also goes to its ``log.txt``; worker lines arrive as they are written.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import math
 import os
 import shutil
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from kfold.core.config import Config
-from kfold.core.errors import ConfigError, StoreError, TrainingError
+from kfold.core.errors import RuntimeLost, StoreError, TrainingError
 from kfold.core.metrics import all_scores, softmax
 from kfold.core.store import REFIT, Predictions, RunDir, save_predictions
 from kfold.core.textio import write_json_atomic
@@ -62,7 +71,24 @@ class Job:
     folds: list[int]
     on_fold: Callable[[int, dict], None] | None = None
     handle: object = None  # the payload as the executor holds it (put once, on first use)
-    stopped: bool = False  # a part raised: start no further part of this run
+    stopped: bool = False  # a part failed: start no further part of this run
+
+
+@dataclass
+class Failure:
+    """A part that failed (its exception, or None when its worker died), reported at the end."""
+
+    job: Job
+    part: str  # "fold 2", "refit", "assembly"
+    error: BaseException | None
+    message: str
+    traceback: str = ""
+
+    def line(self) -> str:
+        """One line: the run, the part, what failed (the first line of a long message)."""
+        text = str(self.error).strip() if self.error is not None else self.message
+        what = f"{type(self.error).__name__}: " if self.error is not None else ""
+        return f"{self.job.run.name} {self.part}: {what}{text.splitlines()[0] if text else ''}"
 
 
 @dataclass
@@ -73,131 +99,305 @@ class _Running:
     started: float = field(default_factory=time.monotonic)
 
 
-def run_jobs(jobs: list[Job], executor, log: Callable[[str], None] = print) -> None:
-    """Train every missing part of ``jobs`` through ``executor`` and write each result as it arrives; assemble
-    each run's OOF once its folds are complete, then queue its refit. Raises the part's own exception when one
-    part failed, a TrainingError naming them when several did, or what ``on_fold`` raised."""
-    queue: list[tuple[Job, int | str]] = [(job, fold) for job in jobs for fold in job.folds]
-    running: dict[int, _Running] = {}
-    keys = iter(range(1 << 62))
-    failures: list[tuple[Job, PartSpec, BaseException | None, str]] = []
-    stop: BaseException | None = None
-    durations: list[float] = []
-    counts = {"done": 0, "total": 0}
+class _Driver:
+    """The state of one ``run_jobs`` call (see the module docstring for its rules)."""
 
-    def started(key, device: str, node: str) -> None:
-        if key in running:
-            entry = running[key]
-            log(f"{entry.job.run.name} {entry.spec.name}: started on {device}" + (f" of {node}" if node else "")
-                + f" (attempt {entry.spec.attempt})")
+    def __init__(self, jobs: list[Job], executor, log: Callable[[str], None], before_part: Callable | None):
+        self.jobs, self.executor, self.log, self.before_part = jobs, executor, log, before_part
+        self.queue: list[tuple[Job, int | str]] = [(job, fold) for job in jobs for fold in job.folds]
+        self.running: dict[int, _Running] = {}
+        self.keys = iter(range(1 << 62))
+        self.failures: list[Failure] = []
+        self.stop: BaseException | None = None
+        self.durations: list[float] = []
+        self.done = 0
+        self.log_broken = False
 
-    executor.on_start = started
-    for job in jobs:
-        if job.folds and all(job.run.fold_record(f) is not None for f in range(job.cfg.folds)):
-            _complete(job, queue, log)  # nothing to train: assemble (and queue the refit) now
-    try:
-        while True:
-            while queue and stop is None and len(running) < executor.slots:
-                job, part = queue.pop(0)
-                if job.stopped:
-                    continue
-                record = _start(job, part, executor, running, keys, counts, log)
-                if record is not None and part != REFIT:  # complete already: its score still reaches on_fold
-                    stop = _report(job, part, record)
-                    if stop is None and _folds_complete(job):
-                        _complete(job, queue, log)
-            if not running:
-                break
-            for event in executor.wait():
-                entry = running.pop(event.key)
-                job, spec = entry.job, entry.spec
-                if event.kind == "done":
-                    record = _write_part(job, spec, event.result, log)
-                    entry.lock.close()
-                    job.outcome.trained.append(spec.part)
-                    counts["done"] += 1
-                    durations.append(time.monotonic() - entry.started)
-                    log(_progress(counts, running, failures, durations, executor.slots, queue))
-                    if spec.part != REFIT and stop is None:
-                        stop = _report(job, spec.part, record)
-                        if stop is None and _folds_complete(job):
-                            _complete(job, queue, log)
-                elif event.kind == "died" and spec.attempt <= job.cfg.retries:
-                    retry = dataclasses.replace(spec, attempt=spec.attempt + 1)
-                    log(f"{job.run.name} {spec.name}: its worker died ({event.message}); retrying on a free slot "
-                        f"(attempt {retry.attempt})")
-                    key = next(keys)
-                    executor.submit(key, retry, job.handle)
-                    running[key] = _Running(job, retry, entry.lock)
-                else:
-                    entry.lock.close()
-                    job.outcome.failed.append(spec.part)
-                    failures.append((job, spec, event.error, event.message))
-                    if event.kind == "error":
-                        job.stopped = True
-                        # the error itself is reported once, when the queue is done (with its advice)
-                        log(f"{job.run.name} {spec.name}: failed ({type(event.error).__name__}); no further part of "
-                            "this run is started; completed parts are kept")
-                    else:
-                        log(f"{job.run.name} {spec.name}: its worker died {spec.attempt} time(s) ({event.message}); "
-                            "given up (--retries); the same command trains it again")
-    except BaseException:
-        executor.cancel()
-        for entry in running.values():
+    # -- lines: the driver's output and the run's log.txt --------------------------------------------------------
+    def say(self, job: Job | None, line: str) -> None:
+        self.log(line)
+        if job is not None:
+            self.keep(job, [line])
+
+    def keep(self, job: Job, lines: list[str]) -> None:
+        """Lines into the run's log.txt; a log that cannot be written is said once and never stops training."""
+        try:
+            job.run.append_log(lines)
+        except StoreError as exc:
+            if not self.log_broken:
+                self.log_broken = True
+                self.log(f"warning: {exc} (lines go to this output only)")
+
+    def worker_line(self, key, line: str) -> None:
+        entry = self.running.get(key)
+        self.say(entry.job if entry else None, line)
+
+    def started(self, key, device: str, node: str) -> None:
+        entry = self.running.get(key)
+        if entry is not None:
+            self.say(entry.job, f"{entry.job.run.name} {entry.spec.name}: started on {device}"
+                     + (f" of {node}" if node else "") + f" (attempt {entry.spec.attempt})")
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.executor.on_start = self.started
+        self.executor.on_log = self.worker_line
+        for job in self.jobs:
+            if job.folds and _folds_complete(job):
+                self.complete(job)  # nothing to train: assemble (and queue the refit) now
+        lost: RuntimeLost | None = None
+        try:
+            while True:
+                self.fill()
+                if not self.running:
+                    break
+                try:
+                    events = self.executor.wait()
+                except RuntimeLost as exc:
+                    lost = exc
+                    break
+                for event in events:
+                    self.handle(event)
+        except BaseException:  # Ctrl-C, or a bug of ours: nothing more runs; what completed is kept and assembled
+            self.executor.cancel()
+            self.release()
+            self.assemble_finished()
+            raise
+        if lost is not None:
+            self.release()
+            self.assemble_finished()
+            raise RuntimeLost(self.lost_line(lost)) from None
+        self.finish()
+
+    def fill(self) -> None:
+        """Submit queued parts while slots are free and nothing has stopped the queue."""
+        while self.queue and self.stop is None and len(self.running) < self.executor.slots:
+            job, part = self.queue.pop(0)
+            if job.stopped:
+                continue
+            if self.before_part is not None:
+                try:
+                    self.before_part(job.cfg, job.run.name, part)
+                except Exception as exc:  # a budget that cannot hold the part: the queue stops here
+                    self.stop = exc
+                    self.queue.insert(0, (job, part))
+                    return
+            record = self.start(job, part)
+            if record is not None and part != REFIT:  # complete already: its score still reaches on_fold
+                self.report(job, part, record)
+                if _folds_complete(job):
+                    self.complete(job)
+
+    def start(self, job: Job, part: int | str) -> dict | None:
+        """Claim a part and submit it. Returns its completion record when it is complete already (skipped); None
+        when it was submitted or another process holds it (busy)."""
+        record = job.run.fold_record(part)
+        if record is not None:
+            job.outcome.skipped.append(part)
+            return record
+        lock = contextlib.ExitStack()
+        if not lock.enter_context(job.run.fold_lock(part)):
+            lock.close()
+            self.say(job, f"{job.run.name} {_name(part)}: another process is training it; skipping")
+            job.outcome.busy.append(part)
+            return None
+        try:
+            record = job.run.fold_record(part)
+            if record is not None:  # finished by another process while we looked
+                lock.close()
+                job.outcome.skipped.append(part)
+                return record
+            keep = None
+            if part == REFIT:  # kept at the weights the folds chose: their median best epoch (no row is left to choose on)
+                keep = int(np.median([job.run.fold_record(f)["best_epoch"] for f in range(job.cfg.folds)]))
+            # a part reads no file: the data paths stay here (a worker on another machine never sees the driver's paths)
+            spec = PartSpec(job.cfg.replace(data="", test="", labels=""), job.run.name, part,
+                            tuple(job.data.train.label_names), job.tokenizer.pad_token_id, len(job.tokenizer), keep)
+            if job.handle is None:
+                job.handle = self.executor.put(job.payload)
+            key = next(self.keys)
+            # a part that runs alone (nothing else running, nothing queued: a run's refit after its folds) may take
+            # every core of a CPU machine
+            alone = not self.running and not any(not j.stopped for j, _ in self.queue)
+            self.executor.submit(key, spec, job.handle, alone=alone)
+        except BaseException:
+            lock.close()
+            raise
+        self.running[key] = _Running(job, spec, lock)
+        return None
+
+    def handle(self, event) -> None:
+        """One event of the executor: write a result, retry a dead worker's part, or record a failure."""
+        entry = self.running.pop(event.key)
+        job, spec = entry.job, entry.spec
+        if event.kind == "done":
+            try:
+                record = self.write(job, spec, event.result)
+            except Exception as exc:  # the driver could not write this part (a full disk): this run only
+                entry.lock.close()
+                self.fail(job, spec.part, exc, "", traceback.format_exc(), "the driver could not write it")
+                return
             entry.lock.close()
-        raise
-    if stop is not None:
-        raise stop
-    if len(failures) == 1 and failures[0][2] is not None:
-        raise failures[0][2]
-    if failures:
-        listed = "; ".join(f"{job.run.name} {spec.name}: {exc or message}" for job, spec, exc, message in failures)
-        raise TrainingError(f"{len(failures)} parts failed ({listed}); completed parts are kept, the same command "
-                            "trains the missing ones")
+            job.outcome.trained.append(spec.part)
+            self.done += 1
+            self.durations.append(time.monotonic() - entry.started)
+            self.log(self.progress())
+            if spec.part != REFIT:
+                self.report(job, spec.part, record)
+                if _folds_complete(job):
+                    self.complete(job)
+        elif event.kind == "died" and spec.attempt <= job.cfg.retries and self.stop is None:
+            retry = dataclasses.replace(spec, attempt=spec.attempt + 1)
+            self.say(job, f"{job.run.name} {spec.name}: its worker died ({event.message}); retrying on a free slot "
+                     f"(attempt {retry.attempt})")
+            key = next(self.keys)
+            try:
+                self.executor.submit(key, retry, job.handle)
+            except BaseException:
+                entry.lock.close()
+                raise
+            self.running[key] = _Running(job, retry, entry.lock)
+        elif event.kind == "died":
+            entry.lock.close()
+            why = "given up (--retries)" if self.stop is None else "not retried: the queue is stopping"
+            message = f"its worker died {spec.attempt} time(s) ({event.message}); {why}"
+            self.fail(job, spec.part, None, message, "", message, stop_run=False)
+        else:
+            entry.lock.close()
+            self.fail(job, spec.part, event.error, event.message, event.traceback,
+                      f"failed ({type(event.error).__name__ if event.error is not None else event.message})")
 
+    def fail(self, job: Job, part, error: BaseException | None, message: str, trace: str, said: str,
+             stop_run: bool = True) -> None:
+        """Record a failed part (or the run's assembly). What the part or the driver raised stops its run (the
+        same would fail again); a part whose worker died leaves the run's other parts going (``stop_run``)."""
+        name = part if part == "assembly" else _name(part)
+        if part != "assembly":
+            job.outcome.failed.append(part)
+        self.failures.append(Failure(job, name, error, message, trace))
+        if stop_run:
+            job.stopped = True
+            self.say(job, f"{job.run.name} {name}: {said}; no further part of this run is started; completed "
+                     "parts are kept")
+        else:
+            self.say(job, f"{job.run.name} {name}: {said}; the same command trains it again")
 
-def _report(job: Job, fold: int, record: dict) -> Exception | None:
-    """Hand a complete fold's record to ``on_fold``; what it raises stops the queue (returned, raised later)."""
-    if job.on_fold is None:
-        return None
-    try:
-        job.on_fold(fold, record)
-    except Exception as exc:  # a pruned trial, a budget reached: raised once the running parts are written
-        return exc
-    return None
+    def report(self, job: Job, fold: int, record: dict) -> None:
+        """Hand a complete fold's record to ``on_fold`` (until the queue stops); what it raises stops the queue."""
+        if job.on_fold is None or self.stop is not None:
+            return
+        try:
+            job.on_fold(fold, record)
+        except Exception as exc:  # a pruned trial, a budget reached: raised once the running parts are written
+            self.stop = exc
 
+    def complete(self, job: Job) -> None:
+        """Every fold is complete: assemble OOF and test logits (stop or no stop); with ``--refit``, queue the
+        refit unless the queue has stopped. An assembly error fails this run only."""
+        data, y = job.data, job.data.train.y
+        try:
+            job.outcome.oof_scores = assemble(job.run, job.fm, data.train.label_names, y,
+                                              data.test.ids if data.test else None, data.test.y if data.test else None,
+                                              job.cfg.no_relation or None)
+        except Exception as exc:
+            self.fail(job, "assembly", exc, "", traceback.format_exc(), "the OOF could not be assembled")
+            return
+        job.outcome.complete = True
+        if job.cfg.refit and data.test is not None and not job.stopped:
+            self.queue.append((job, REFIT))
 
-def _start(job: Job, part: int | str, executor, running: dict, keys, counts: dict, log) -> dict | None:
-    """Claim a part and submit it. Returns its completion record when it is complete already (skipped); None when
-    it was submitted or another process holds it (busy)."""
-    record = job.run.fold_record(part)
-    if record is not None:
-        job.outcome.skipped.append(part)
+    def assemble_finished(self) -> None:
+        """After a stop of any kind: runs whose folds are all written are assembled (best effort)."""
+        for job in self.jobs:
+            with contextlib.suppress(Exception):
+                if not job.outcome.complete and not job.stopped and _folds_complete(job):
+                    job.stopped = True  # assembled only: no refit is queued now
+                    self.complete(job)
+
+    def release(self) -> None:
+        for entry in self.running.values():
+            entry.lock.close()
+        self.running.clear()
+
+    def write(self, job: Job, spec: PartSpec, result: PartResult) -> dict:
+        """The driver writes what a part returned: its logits, its model (``--save-models``), then its completion
+        record (last)."""
+        names, fm, run = job.data.train.label_names, job.fm, job.run
+        tr, va = part_indices(spec, job.payload)
+        refit = spec.part == REFIT
+        valid = None if refit else Predictions(np.asarray(fm.ids)[va], names, result.valid_logits, fm.hash,
+                                               job.payload.y[va], np.full(len(va), spec.part))
+        # the test file's labels (-1 for blind rows) travel with the logits, so a blend of refits can be scored too
+        test = (Predictions(job.data.test.ids, names, result.test_logits, fm.hash, job.data.test.y)
+                if job.data.test else None)
+        if result.state_dict is not None:
+            save_model(run.fold_dir(spec.part) / "model", result.state_dict, job.tokenizer)
+        record = {**result.record, "fold_map_hash": fm.hash}
+        run.write_fold(spec.part, valid, test, record)
+        if result.log:  # lines the part kept instead of sending them as they were written
+            self.keep(job, result.log)
+        span = job.cfg.averaged_epochs()
+        r = result.record
+        chosen = (f"weights averaged over epochs {span[0]}-{span[-1]}" if span
+                  else f"at epoch {r['best_epoch']}/{job.cfg.epochs}")
+        score = "" if refit else f"{job.cfg.metric} {r['metrics'].get(job.cfg.metric, float('nan')):.2f} "
+        self.say(job, f"{run.name} {spec.name}: {score}{chosen}, {len(tr)} train / {len(va)} valid, "
+                 f"{r['wall_seconds']:.0f}s ({r['train_examples_per_s']:.1f} train ex/s, {r['padding_share'] * 100:.1f}% "
+                 f"padding) on {r['device']}" + (f" of {r['node']}" if r.get("node") and r["node"] != r.get("host") else "")
+                 + (f", attempt {r['attempt']}" if r.get("attempt", 1) > 1 else ""))
         return record
-    lock = contextlib.ExitStack()
-    if not lock.enter_context(job.run.fold_lock(part)):
-        lock.close()
-        log(f"{job.run.name} {_name(part)}: another process is training it; skipping")
-        job.outcome.busy.append(part)
-        return None
-    record = job.run.fold_record(part)
-    if record is not None:  # finished by another process while we looked
-        lock.close()
-        job.outcome.skipped.append(part)
-        return record
-    keep = None
-    if part == REFIT:  # kept at the weights the folds chose: their median best epoch (no row is left to choose on)
-        keep = int(np.median([job.run.fold_record(f)["best_epoch"] for f in range(job.cfg.folds)]))
-    # a part reads no file: the data paths stay here (a worker on another machine never sees the driver's paths)
-    spec = PartSpec(job.cfg.replace(data="", test="", labels=""), job.run.name, part,
-                    tuple(job.data.train.label_names), job.tokenizer.pad_token_id, len(job.tokenizer), keep)
-    if job.handle is None:
-        job.handle = executor.put(job.payload)
-    key = next(keys)
-    executor.submit(key, spec, job.handle)
-    running[key] = _Running(job, spec, lock)
-    counts["total"] += 1
-    return None
+
+    def progress(self) -> str:
+        """``7/15 parts done, 3 running, 0 failed, ETA 21:40`` (the ETA from the parts' mean time and the free slots)."""
+        left = len(self.running) + (0 if self.stop is not None else sum(1 for job, _ in self.queue if not job.stopped))
+        total = self.done + left + len(self.failures)
+        eta = (time.time() + math.ceil(left / max(self.executor.slots, 1)) * float(np.mean(self.durations))
+               if self.durations else time.time())
+        return (f"{self.done}/{total} parts done, {len(self.running)} running, {len(self.failures)} failed"
+                + (f", ETA {time.strftime('%H:%M', time.localtime(eta))}" if left else ""))
+
+    def lost_line(self, lost: RuntimeLost) -> str:
+        """What was lost, what completed and is kept, what is missing, and that the same command resumes."""
+        kept = [f"{job.run.name} {_name(p)}" for job in self.jobs for p in job.outcome.trained]
+        missing = sum(1 for job in self.jobs for f in list(range(job.cfg.folds)) + ([REFIT] if job.cfg.refit else [])
+                      if job.run.fold_record(f) is None)
+        return (f"{lost}; {len(kept)} part(s) completed in this call and kept"
+                + (f" ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''})" if kept else "")
+                + f", {missing} not complete; the same command resumes (it trains only the missing parts)")
+
+    def finish(self) -> None:
+        """Report every failure once (with its traceback), then raise: the stop, else the failure(s)."""
+        for f in self.failures:
+            lines = [f"failed: {f.line()}"] + [f"  {t}" for t in f.traceback.rstrip().splitlines()]
+            self.keep(f.job, lines)
+            for line in lines:
+                self.log(line)
+        if self.stop is not None:
+            if self.failures:
+                self.log(f"{len(self.failures)} part(s) failed before the stop (above); the stop: {self.stop}")
+            raise self.stop
+        if len(self.failures) == 1:
+            f = self.failures[0]
+            if f.error is not None:
+                raise f.error
+            raise TrainingError(f"{f.line()}; completed parts are kept, the same command trains the missing ones")
+        if self.failures:
+            listed = "; ".join(f.line() for f in self.failures)
+            raise TrainingError(f"{len(self.failures)} parts failed ({listed}); completed parts are kept, the same "
+                                "command trains the missing ones")
+
+
+def run_jobs(jobs: list[Job], executor, log: Callable[[str], None] = print, *,
+             before_part: Callable[[Config, str, int | str], None] | None = None) -> None:
+    """Train every missing part of ``jobs`` through ``executor`` and write each result as it arrives; assemble
+    each run's OOF once its folds are complete, then queue its refit (see the module docstring for stops and
+    failures). ``before_part(config, run name, part)`` is called before a part is submitted; what it raises stops
+    the queue.
+
+    Raises the part's own exception when one part failed, a TrainingError naming them when several did (or when a
+    part's worker died more often than ``--retries``), what ``on_fold`` or ``before_part`` raised, or
+    RuntimeLost (one line: what was lost and kept) when the executor's runtime is gone."""
+    _Driver(jobs, executor, log, before_part).run()
 
 
 def _name(part: int | str) -> str:
@@ -206,52 +406,6 @@ def _name(part: int | str) -> str:
 
 def _folds_complete(job: Job) -> bool:
     return not job.outcome.complete and all(job.run.fold_record(f) is not None for f in range(job.cfg.folds))
-
-
-def _complete(job: Job, queue: list, log) -> None:
-    """Every fold is complete: assemble OOF and test logits; with ``--refit``, queue the refit."""
-    data, y = job.data, job.data.train.y
-    job.outcome.oof_scores = assemble(job.run, job.fm, data.train.label_names, y, data.test.ids if data.test else None,
-                                      data.test.y if data.test else None, job.cfg.no_relation or None)
-    job.outcome.complete = True
-    if job.cfg.refit:
-        if data.test is None:
-            raise ConfigError("--refit trains one more model on every row to predict the test file; pass --test")
-        queue.append((job, REFIT))
-
-
-def _write_part(job: Job, spec: PartSpec, result: PartResult, log) -> dict:
-    """The driver writes what a part returned: its logits, its model (``--save-models``), then its completion
-    record (last)."""
-    names, fm, run = job.data.train.label_names, job.fm, job.run
-    tr, va = part_indices(spec, job.payload)
-    refit = spec.part == REFIT
-    valid = None if refit else Predictions(np.asarray(fm.ids)[va], names, result.valid_logits, fm.hash, job.payload.y[va],
-                                           np.full(len(va), spec.part))
-    # the test file's labels (-1 for blind rows) travel with the logits, so a blend of refits can be scored too
-    test = Predictions(job.data.test.ids, names, result.test_logits, fm.hash, job.data.test.y) if job.data.test else None
-    if result.state_dict is not None:
-        save_model(run.fold_dir(spec.part) / "model", result.state_dict, job.tokenizer)
-    record = {**result.record, "fold_map_hash": fm.hash}
-    run.write_fold(spec.part, valid, test, record)
-    span = job.cfg.averaged_epochs()
-    r = result.record
-    chosen = f"weights averaged over epochs {span[0]}-{span[-1]}" if span else f"at epoch {r['best_epoch']}/{job.cfg.epochs}"
-    score = "" if refit else f"{job.cfg.metric} {r['metrics'].get(job.cfg.metric, float('nan')):.2f} "
-    log(f"{run.name} {spec.name}: {score}{chosen}, {len(tr)} train / {len(va)} valid, {r['wall_seconds']:.0f}s "
-        f"({r['train_examples_per_s']:.1f} train ex/s, {r['padding_share'] * 100:.1f}% padding) on {r['device']}"
-        + (f" of {r['node']}" if r.get("node") and r["node"] != r.get("host") else "")
-        + (f", attempt {r['attempt']}" if r.get("attempt", 1) > 1 else ""))
-    return record
-
-
-def _progress(counts: dict, running: dict, failures: list, durations: list, slots: int, queue: list) -> str:
-    """``7/15 parts done, 3 running, 0 failed, ETA 21:40`` (the ETA from the parts' mean time and the free slots)."""
-    left = len(running) + sum(1 for job, _ in queue if not job.stopped)
-    total = counts["done"] + left + len(failures)
-    eta = time.time() + math.ceil(left / max(slots, 1)) * float(np.mean(durations)) if durations else time.time()
-    return (f"{counts['done']}/{total} parts done, {len(running)} running, {len(failures)} failed"
-            + (f", ETA {time.strftime('%H:%M', time.localtime(eta))}" if left else ""))
 
 
 def save_model(folder: Path, state: dict, tokenizer) -> None:

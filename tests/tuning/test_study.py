@@ -227,3 +227,40 @@ def test_killed_worker_trial_is_detected_by_heartbeat_and_retried(tmp_path, demo
     assert states == ["FAIL", "COMPLETE"], states
     assert study.trials[1].params == study.trials[0].params
     assert study.trials[1].system_attrs.get("failed_trial") == 0
+
+
+def test_a_worker_with_other_runtime_settings_works_on_the_same_study(tmp_path):
+    # item 9: where and how fast trials train (--cluster, --cpus-per-fold, --threads, ...) is not the study's
+    # identity; a second worker with other such settings helps with the same study
+    settings = _settings(tmp_path)
+    base = Config(folds=2)
+    search(base, settings, load_space(None), 1, run_trial=fake_trial(lambda c: 1.0), **QUIET)
+    other = base.replace(cluster="none", cpus_per_fold=2, threads=1, retries=0, max_parallel=1, gpus_per_fold=0.0)
+    assert sum(search(other, settings, load_space(None), 2, run_trial=fake_trial(lambda c: 1.0), **QUIET).values()) == 1
+    with pytest.raises(ConfigError, match=r"started with other settings \(label_smoothing\)"):
+        search(base.replace(label_smoothing=0.0), settings, load_space(None), 3, run_trial=fake_trial(lambda c: 1.0),
+               **QUIET)
+
+
+def test_two_trials_in_flight_take_distinct_queued_trials_with_a_constant_liar(tmp_path):
+    import threading
+
+    barrier = threading.Barrier(2, timeout=30)
+    tags: list[str] = []
+
+    def run(cfg, tag, on_fold):
+        tags.append(tag)
+        barrier.wait()  # both trials are in flight at once (running, not yet told)
+        for fold in range(cfg.folds):
+            on_fold(fold, {"metrics": {"accuracy": 1.0}})
+        return 1.0
+
+    lines: list[str] = []
+    settings = _settings(tmp_path, pruner="none")
+    done = search(Config(folds=2), settings, load_space(None), 4, run_trial=run, slots=2, log=lines.append)
+    assert done == {"COMPLETE": 4, "PRUNED": 0, "FAIL": 0}
+    assert sorted(tags) == ["s-t0", "s-t1", "s-t2", "s-t3"]  # each queued trial once, its own run folder
+    assert "2 trials side by side, one per slot; this process keeps the study and decides pruning" in lines
+    study = open_study(settings, create=False)
+    # trials in flight count as poor results while the next is sampled: no near-duplicates side by side
+    assert study.sampler._constant_liar is True

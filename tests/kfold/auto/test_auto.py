@@ -11,11 +11,12 @@ from kfold.auto._auto import SHAPE_FILE, AutoSettings, run_auto
 from kfold.auto._plan import run_seconds
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError
-from kfold.core.store import RunDir
+from kfold.core.store import REFIT, RunDir
 from kfold.data._readers import read_dataset
 from kfold.training._probe import Speed
 from kfold.training._runner import run_name
 from tests.fakes import fake_run, noisy_member
+from tests.kfold.training.scripted import ScriptedExecutor, fake_result
 
 SPEED = Speed(train_rows_per_s=4.0, predict_rows_per_s=10.0, load_seconds=1.0)  # demo rows: runs of minutes
 
@@ -39,7 +40,7 @@ class FakeTrainer:
         self.calls: list[str] = []
         self.folds_trained = 0
 
-    def __call__(self, cfg: Config, workdir, log=print, on_fold=None):
+    def __call__(self, cfg: Config, workdir, log=print, before_part=None):
         from kfold.auto._plan import Size
 
         name = run_name(cfg)
@@ -49,10 +50,10 @@ class FakeTrainer:
         y = self.train.y
         folds = np.arange(len(y)) % cfg.folds
         for fold in range(cfg.folds):
+            if before_part is not None:  # the scheduler asks before it submits a part
+                before_part(cfg, name, fold)
             self.clock.now += per_fold
             self.folds_trained += 1
-            if on_fold is not None:
-                on_fold(fold, {"metrics": {}})
         rng = np.random.default_rng(len(self.calls))
         fake_run(workdir, name, noisy_member(y, len(self.train.label_names), self.skill, rng), y, folds,
                  self.train.label_names, rng.normal(size=(len(self.test), len(self.train.label_names))),
@@ -189,3 +190,66 @@ def test_without_a_test_file_auto_blends_and_reports_but_writes_no_file(demo_dir
     assert res.path is None and res.method and len(res.members) >= 2
     assert "no --test file: no leaderboard file written (the honest OOF scores above are the result)" in lines
     assert not (tmp_path / "w" / "submissions").exists()
+
+
+def test_a_run_with_every_fold_but_no_oof_is_not_a_finished_member(demo_dir, tmp_path):
+    # item 1: fold records alone (a run whose last fold landed after a stop, not assembled) are not a finished run
+    from kfold.auto._auto import _progress
+    from kfold.core.store import Predictions
+
+    cfg = Config(folds=2, refit=False)
+    run = RunDir(tmp_path / "runs" / run_name(cfg))
+    names = ("a", "b")
+    for fold in range(2):
+        run.write_fold(fold, Predictions(np.array([f"id{fold}"]), names, np.zeros((1, 2), np.float32), "f" * 64,
+                                         np.array([0]), np.array([fold])), None, {"best_epoch": 1})
+    assert _progress(tmp_path, cfg) < 1.0
+    fake_run(tmp_path, run.name, np.zeros((2, 2)), np.array([0, 1]), np.array([0, 1]), names)  # now assembled
+    assert _progress(tmp_path, cfg) == 1.0
+
+
+class SlotsExecutor(ScriptedExecutor):
+    """Two slots that finish parts in the order they were submitted, each advancing the fake clock by its share
+    of the part's estimate (times ``slow``); the logits are random. The real scheduler, store, blend and checker
+    do the rest."""
+
+    def __init__(self, clock, size, slow: float, slots: int = 2):
+        super().__init__([], slots)
+        self.clock, self.size, self.slow = clock, size, slow
+        self.finished: list = []
+
+    def wait(self, timeout=None):
+        from kfold.auto._plan import fold_seconds, refit_seconds
+        from kfold.training import Event
+
+        key = next(iter(self.running))
+        spec, payload = self.running.pop(key)
+        cost = refit_seconds(spec.cfg, self.size, SPEED) if spec.part == REFIT else fold_seconds(spec.cfg, self.size, SPEED)
+        self.clock.now += cost * self.slow / self.slots
+        self.finished.append((spec.run, spec.part))
+        return [Event(key, "done", result=fake_result(spec, payload))]
+
+
+def test_a_budget_that_stops_mid_batch_on_two_slots_still_writes_a_checked_file(demo_dir, tmp_path, tiny_bert):
+    # items 1 and 7 end to end: two runs side by side; parts take 2.5x their estimate, so the pre-submit guard
+    # stops the queue mid-batch (before a refit could start); what completed is assembled, blended and written
+    from kfold.auto._plan import Size
+    from kfold.core.store import REFIT
+
+    clock = FakeClock()
+    n_train, n_test = len(read_dataset(demo_dir / "train.tsv")), len(read_dataset(demo_dir / "test.tsv", role="test"))
+    size = Size(n_train, n_test)
+    settings = _settings(demo_dir, tmp_path, 1.6 * _one_run(demo_dir, 3))
+    settings.base = settings.base.replace(backbone=tiny_bert, refit=True, folds=3)
+    settings.fixed_folds, settings.test_source = True, "refit"
+    executor = SlotsExecutor(clock, size, slow=2.5)
+    lines = []
+    res = run_auto(settings, clock=clock, probe=lambda cfg: SPEED, log=lines.append, executor=executor)
+    assert any(line.startswith("stopped: ") and "would not finish inside the budget" in line for line in lines), lines
+    assert res.path is not None and res.path.exists() and res.members  # a file, checked by run_auto
+    written = {run for run, _ in executor.finished}
+    assert len(written) == 2  # both runs of the batch had parts written
+    for name in res.members:  # every member is an assembled run
+        assert (tmp_path / "w" / "runs" / name / "oof.npz").exists()
+    assert all(part != REFIT for _, part in executor.finished)  # no refit started that could not finish
+    assert res.manifest["test_source"] == "folds"

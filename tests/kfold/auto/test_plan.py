@@ -190,3 +190,45 @@ def test_an_idle_rest_says_which_shortest_work_did_not_fit_and_what_it_needs():
     tight = make_plan(cands, SIZE, SPEED, (one + reserve_seconds(1, SIZE)) * 1.05 / (1 - SAFETY), _state())
     assert [r.status for r in tight.runs] == ["run", "skip"] and tight.shortest is not None
     assert "nothing more fits" not in _plan_lines(tight, 0.0, tight.available)[-1]
+
+
+def test_the_shape_is_chosen_by_the_makespan_the_plan_uses_on_the_slots():
+    # item 12, seen on the source competition's own data: 8000 training rows, 1000 test rows, 2 slots at the
+    # probe's 9.8 training and 25.6 prediction rows/s each, 28.2 min left after the probe
+    size, speed, budget = Size(8000, 1000), Speed(9.8, 25.6, 10.0), 28.2 * 60
+    base = Config(epoch_scores=False, refit=True)
+    usable = budget * (1 - SAFETY) - reserve_seconds(3, size)
+    # the slot-time rule took 3 folds x 1 epoch + refit: it fits in two slots' summed time, not on the slots
+    old = base.replace(folds=3, epochs=1, average_epochs=1)
+    assert run_seconds(old, size, speed) <= 2 * usable and makespan([run_parts(old, size, speed)], 2) > usable
+    shaped = choose_shape(base, size, speed, budget, slots=2)
+    assert shaped is not None and makespan([run_parts(shaped, size, speed)], 2) <= usable
+    assert (shaped.folds, shaped.epochs, shaped.refit) == (2, 1, True)
+    # and the plan of that shape trains it (it does not find the run too long for the budget)
+    plan = make_plan(candidates(shaped, False, False, 2), size, speed, budget, _state(), slots=2)
+    assert plan.to_run and plan.to_run[0].candidate.config == shaped
+
+
+def test_a_refit_alone_on_every_core_is_planned_at_that_speed():
+    cfg = Config(folds=2, epochs=1, average_epochs=1, epoch_scores=False, refit=True)
+    slot, alone = Speed(9.8, 25.6, 10.0), Speed(9.8, 25.6, 10.0, alone_train_rows_per_s=19.6)
+    folds, refit = run_parts(cfg, Size(8000, 1000), slot)
+    folds_alone, refit_alone = run_parts(cfg, Size(8000, 1000), alone)
+    assert folds == folds_alone and refit - refit_alone == pytest.approx(8000 / 9.8 - 8000 / 19.6)
+
+
+def test_fillers_are_planned_only_when_the_idle_rest_with_the_blending_reserve_is_over_fill():
+    # item 10: the filler threshold counts the reserve kept for blending, as Plan.idle does
+    cands = _cands(2)
+    one = run_seconds(cands[0].config, SIZE, SPEED)
+    checked = 0
+    for step in range(200):
+        remaining = one * (1.0 + step * 0.004)
+        plan = make_plan(cands, SIZE, SPEED, remaining, _state())
+        main = [r for r in plan.to_run if not r.candidate.why.startswith("filler")]
+        if len(plan.to_run) > len(main):
+            checked += 1
+            before = makespan([run_parts(r.candidate.config, SIZE, SPEED) for r in main], 1)
+            idle = remaining * (1 - SAFETY) - before - reserve_seconds(len(main), SIZE)
+            assert idle > FILL * remaining, (remaining, idle)
+    assert checked  # the sweep reaches budgets with fillers

@@ -85,7 +85,7 @@ def _cfg(semeval_dir, backbone, **over):
 
 
 def test_fold_data_adds_swapped_training_rows_and_swapped_views(tmp_path, semeval_dir, tiny_bert):
-    from kfold.training._runner import fold_data, prepare
+    from kfold.training import fold_data, prepare
 
     cfg = _cfg(semeval_dir, tiny_bert, augment="swap", tta="swap")
     data, fm, _, train_feats, test_feats, _, swapped = prepare(cfg, tmp_path, lambda m: None)

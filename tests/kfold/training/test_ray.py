@@ -24,12 +24,15 @@ from kfold.core.store import load_predictions  # noqa: E402
 from kfold.training import PartResult, PartSpec, run_kfold  # noqa: E402
 from kfold.training._ray import RayExecutor  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("bounded")  # every wait bounded (tests/kfold/training/conftest.py)
+pytestmark = pytest.mark.timeout(150)  # every wait bounded: a hang fails the test (pytest-timeout)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def runtime():
+    from . import scripted
+
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in parts below travel by value
+    ray.cloudpickle.register_pickle_by_value(scripted)
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
@@ -152,7 +155,7 @@ def test_with_no_retries_the_dead_part_is_reported_the_rest_finish_and_the_rerun
     cfg = _cfg(demo_dir, tiny_bert, cpus_per_fold=1, gpus_per_fold=0.0, retries=0)
     killer = _kill_one_part_worker()
     logs: list[str] = []
-    with pytest.raises(TrainingError, match=r"its worker died 1 time\(s\)|died"):
+    with pytest.raises(TrainingError, match=r"fold \d: its worker died 1 time\(s\) \(.*\); given up \(--retries\)"):
         run_kfold(cfg, tmp_path, log=logs.append, executor=RayExecutor(cfg))
     killer.join(timeout=5)
     run = next((tmp_path / "runs").iterdir())
@@ -189,7 +192,7 @@ def test_tuning_runs_two_trials_at_once_and_a_killed_worker_does_not_stop_the_st
     from tuning import StudySettings, load_space, open_study, search
 
     base = _cfg(demo_dir, tiny_bert, test="", folds=2, epochs=12, cpus_per_fold=1, gpus_per_fold=0.0,
-                cluster="local")
+                cluster=ray.get_runtime_context().gcs_address)  # the module's runtime, asked for by its address
     settings = StudySettings(study="two", workdir=str(tmp_path), sampler_seed=0, pruner="none")
     logs: list[str] = []
     killer = _kill_one_part_worker(after=1.0)
@@ -207,10 +210,62 @@ def test_tuning_runs_two_trials_at_once_and_a_killed_worker_does_not_stop_the_st
 def test_auto_dry_run_probes_every_slot_at_once_and_prints_the_slots(tmp_path, demo_dir, tiny_bert, capsys):
     from kfold.cli import main
 
+    address = ray.get_runtime_context().gcs_address
     argv = ["auto", "--data", str(demo_dir / "train.tsv"), "--test", str(demo_dir / "test.tsv"), "--budget", "20m",
-            "--workdir", str(tmp_path), "--backbone", tiny_bert, "--cluster", "local", "--cpus-per-fold", "1",
+            "--workdir", str(tmp_path), "--backbone", tiny_bert, "--cluster", address, "--cpus-per-fold", "1",
             "--gpus-per-fold", "0", "--dry-run"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "(per slot, all 2 busy)" in out
-    assert "2 folds side by side on Ray (local, 1 node), each 1 CPU):" in out and "on 2 slot(s)" in out
+    assert f"2 folds side by side on Ray ({address}, 1 node), each 1 CPU):" in out and "on 2 slot(s)" in out
+
+
+def _raises(spec, payload, device_name="", node=""):
+    """A part that raises inside its worker."""
+    def deep():
+        raise ValueError(f"bad rows in part {spec.part}")
+
+    deep()
+
+
+def test_a_part_that_raises_reports_its_own_remote_traceback(tmp_path):
+    # item 6: the worker's traceback reaches the driver's output and the run's log; the other run goes on
+    from kfold.training import run_jobs
+
+    from .scripted import fake_job
+
+    a = fake_job(tmp_path, "a")
+    ex = RayExecutor(Config(gpus_per_fold=0.0, cpus_per_fold=1), part_fn=_raises)
+    lines: list[str] = []
+    try:
+        with pytest.raises(TrainingError, match=r"2 parts failed \(a fold \d: ValueError: bad rows in part \d; "):
+            run_jobs([a], ex, lines.append)  # both folds ran side by side and both raised
+    finally:
+        ex.close()
+    text = "\n".join(lines)
+    assert "failed: a fold 0: ValueError: bad rows in part 0" in text and "failed: a fold 1: ValueError" in text
+    assert "ray::_run_part()" in text and "in deep" in text and "in _raises" in text and "\x1b" not in text, text
+    assert "in deep" in a.run.log_path.read_text()
+
+
+def test_auto_on_a_cluster_checks_the_nodes_before_it_probes(tmp_path, demo_dir, tiny_bert):
+    # item 8: a node without the backbone is the one-line refusal, before any probe part runs
+    from kfold.auto import AutoSettings, run_auto
+
+    def no_backbone(backbone):
+        from kfold.training._ray import node_report
+
+        report = node_report(backbone)
+        report["backbone"] = False
+        return report
+
+    cfg = _cfg(demo_dir, tiny_bert, cpus_per_fold=1, gpus_per_fold=0.0)
+    executor = RayExecutor(cfg, node_report=no_backbone)
+    probed = []
+    settings = AutoSettings(base=cfg, budget=600, fmt="pstage2", workdir=str(tmp_path))
+    try:
+        with pytest.raises(ConfigError, match=r"mismatch.*nothing was submitted:\n  node .*backbone '.*' is not there"):
+            run_auto(settings, executor=executor, probe=lambda c: probed.append(c), log=lambda m: None)
+    finally:
+        executor.close()
+    assert not probed

@@ -22,7 +22,7 @@ from kfold.core.store import load_predictions  # noqa: E402
 from kfold.training import run_kfold  # noqa: E402
 from kfold.training._ray import RayExecutor, node_report  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("bounded")  # every wait bounded (tests/kfold/training/conftest.py)
+pytestmark = pytest.mark.timeout(150)  # every wait bounded: a hang fails the test (pytest-timeout)
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,9 @@ class _Watched(RayExecutor):
         _Watched.sent.append(pickle.dumps(payload))
         return super().put(payload)
 
-    def submit(self, key, spec, payload):
+    def submit(self, key, spec, payload, **kw):
         _Watched.sent.append(pickle.dumps(spec))
-        super().submit(key, spec, payload)
+        super().submit(key, spec, payload, **kw)
 
 
 def _cfg(demo_dir, backbone, **over):

@@ -294,3 +294,13 @@ def test_driver_threads_prepare_runs_one_at_a_time(tmp_path, demo_dir, monkeypat
     for t in threads:
         t.join(timeout=10)
     assert sorted(raised) == [1, 2, 3] and most[0] == 1
+
+
+def test_refit_without_a_test_file_is_refused_before_any_fold_trains(tmp_path, demo_dir, tiny_bert):
+    # issue 36 item 2: it failed only after every fold had trained (and, in a queue, cancelled the other runs)
+    from kfold.core.errors import ConfigError
+
+    cfg = Config(backbone=tiny_bert, data=str(demo_dir / "train.tsv"), folds=2, epochs=1, refit=True, cluster="none")
+    with pytest.raises(ConfigError, match="--refit trains one more model on every row to predict the test file; pass --test"):
+        run_kfold(cfg, tmp_path, log=lambda m: None)
+    assert not list(tmp_path.glob("runs/*/fold*/done.json"))

@@ -1,0 +1,273 @@
+"""Choosing where parts train: in this process (one part at a time on every core), or side by side on Ray (a local
+runtime of this process's own, or a cluster). The one module that picks the executor; the executors themselves
+are ``kfold.training._inprocess`` and ``kfold.training._ray`` (imported only when Ray is asked for: it is an
+optional extra and takes seconds to import).
+
+``--cluster auto`` on a machine without GPUs measures instead of guessing: whether parts side by side (one share of
+the cores each) train faster than one part on every core depends on the data (sequence length) and the machine,
+so the probe times both arrangements on a sample of this data and the faster one wins; the answer is kept in
+``WORKDIR/cache/arrangement-*.json`` for later commands on the same data and settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from kfold.core.config import Config
+from kfold.core.errors import ConfigError
+from kfold.core.textio import write_json_atomic
+
+from ._inprocess import InProcessExecutor
+from ._probe import measure_here, measure_slots
+from ._resources import RAY_VERSIONS, Speed, available_cores
+
+#: Seconds ``ray.init`` takes to start a local runtime, and a fresh Ray worker process takes to start and import
+#: torch and transformers before a part can build its model (the model build itself is measured by each probe).
+#: Measured with benchmarks/cluster_cpu.py --overheads on an AMD EPYC Zen 3 (2 cores): they only decide whether
+#: side-by-side parts could pay at all, before anything is started.
+RAY_START_SECONDS = 6.0
+WORKER_START_SECONDS = 4.0
+#: The settings the arrangement's measurement depends on (its cache key, with the data and the machine).
+SPEED_KEYS = ("backbone", "variant", "marker", "max_len", "batch_size", "eval_batch_size", "precision",
+              "attn_implementation", "grad_checkpointing", "length_grouping", "rdrop", "augment", "device",
+              "cpus_per_fold", "max_parallel", "threads")
+
+
+def gpu_count() -> int:
+    """CUDA devices torch sees on this machine."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def ray_installed() -> bool:
+    """Whether the ``ray`` extra is installed (looked up, not imported: importing Ray takes seconds)."""
+    return importlib.util.find_spec("ray") is not None
+
+
+def resolve_cluster(cfg: Config, *, cores: int | None = None, gpus: int | None = None, ray_ok: bool | None = None,
+                    env: dict | None = None) -> tuple[str, str]:
+    """Where parts train: ``("none", note)``, ``("local", note)``, ``("HOST:PORT", note)``, or ``("measure", "")``
+    when ``--cluster auto`` must time both arrangements on this data (a CPU machine with several cores and Ray);
+    ``note`` says why auto chose (or could not choose) Ray, else "".
+
+    ``auto``: the cluster in ``RAY_ADDRESS`` when it is set; with more than one GPU, a local runtime when Ray is
+    installed (else none, saying what ``rekfold[ray]`` would give); without GPUs, measure when there are two cores or
+    more and Ray is installed, else none. ``cores``, ``gpus``, ``ray_ok``, ``env`` are replaceable for tests.
+    """
+    env = os.environ if env is None else env
+    if cfg.cluster != "auto":
+        return cfg.cluster, ""
+    if env.get("RAY_ADDRESS"):
+        return env["RAY_ADDRESS"], f"--cluster auto: joining the Ray cluster in RAY_ADDRESS ({env['RAY_ADDRESS']})"
+    cores = available_cores() if cores is None else cores
+    gpus = gpu_count() if gpus is None else gpus
+    ray_ok = ray_installed() if ray_ok is None else ray_ok
+    if gpus > 1:
+        if ray_ok:
+            return "local", f"--cluster auto: {gpus} GPUs, so folds train side by side on a local Ray runtime"
+        return "none", (f"note: this machine has {gpus} GPUs and trains one fold at a time; pip install "
+                        f"'rekfold[ray]' trains {gpus} folds side by side (--cluster local)")
+    if gpus == 0 and cores >= 2 and ray_ok:
+        return "measure", ""
+    return "none", ""
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a command will train: training rows x epochs summed over its parts (augmentation and R-Drop counted),
+    and how many parts."""
+
+    row_epochs: float
+    parts: int
+
+
+def part_row_epochs(cfg: Config, n_rows: int, refit: bool = False) -> float:
+    """Training rows x epochs of one part of a run on ``n_rows`` rows: a fold's training part, or every row for
+    the refit (entity-swap augmentation and R-Drop double it)."""
+    rows = n_rows if refit else n_rows * (cfg.folds - 1) / cfg.folds
+    return rows * cfg.epochs * (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
+
+
+def work_of(cfgs: list[Config], n_rows: int) -> Work:
+    """The work of runs of ``cfgs`` on ``n_rows`` training rows (their folds, and their refits with ``--refit``).
+
+    >>> work_of([Config(folds=4, epochs=2)], 1000)
+    Work(row_epochs=6000.0, parts=4)
+    """
+    row_epochs = sum(cfg.folds * part_row_epochs(cfg, n_rows) + (part_row_epochs(cfg, n_rows, True) if cfg.refit else 0)
+                     for cfg in cfgs)
+    return Work(row_epochs, sum(cfg.folds + (1 if cfg.refit else 0) for cfg in cfgs))
+
+
+def seconds_here(work: Work, here: Speed) -> float:
+    """Wall seconds of the work one part at a time on every core: its training and a model build per part."""
+    return work.row_epochs / here.train_rows_per_s + work.parts * here.load_seconds
+
+
+def seconds_side_by_side(work: Work, slot: Speed, slots: int) -> float:
+    """Wall seconds of the work on ``slots`` slots: the training shared out, a worker start and a model build per
+    part in each slot's rounds, and Ray's start-up."""
+    rounds = math.ceil(work.parts / max(slots, 1))
+    return (work.row_epochs / (slot.train_rows_per_s * slots) + rounds * (slot.load_seconds + WORKER_START_SECONDS)
+            + RAY_START_SECONDS)
+
+
+def could_pay(work: Work, here: Speed, slots: int) -> bool:
+    """Whether parts side by side could beat ``here`` at all: even if each slot trained as fast as one part on
+    every core (it cannot: it has fewer threads), Ray's start-up and a worker per part must cost less than the
+    time saved. When they cannot, nothing is started to measure it."""
+    return slots > 1 and seconds_side_by_side(work, here, slots) < seconds_here(work, here)
+
+
+def decide(work: Work, here: Speed, slot: Speed, slots: int) -> tuple[bool, str]:
+    """Side by side or not, from the measured speeds of both arrangements: (use them, the line that says why)."""
+    a, b = seconds_here(work, here), seconds_side_by_side(work, slot, slots)
+    line = (f"one part on all cores {here.train_rows_per_s:.1f} training rows/s (~{a / 60:.1f} min), {slots} side by "
+            f"side {slots} x {slot.train_rows_per_s:.1f} (~{b / 60:.1f} min with Ray's start-up and a worker per part)")
+    return b < a, line
+
+
+@dataclass
+class Placement:
+    """The executor chosen, with what was measured to choose it (None where nothing was measured)."""
+
+    executor: object
+    here: Speed | None = None
+    slot: Speed | None = None
+
+
+def choose_executor(cfg: Config, *, workdir: str | Path | None = None, sample: Callable[[], tuple] | None = None,
+                    work: Callable[[Speed], Work] | None = None, data_hash: str = "", side_by_side: int = 0,
+                    log: Callable[[str], None] = print, model_factory: Callable | None = None,
+                    on_start: Callable | None = None) -> Placement:
+    """The executor for a config: in-process, or Ray (``--cluster local`` / ``HOST:PORT`` / ``auto``).
+
+    ``--cluster auto`` on a CPU machine: ``sample()`` gives ``(PartSpec, ProbeSample)`` of the data; the probe runs
+    here on every core, and, where parts side by side could pay for ``work(speed here)`` (:func:`could_pay`), on
+    every slot of a local runtime; the faster arrangement wins (kept in ``WORKDIR/cache`` under ``data_hash`` and
+    the speed settings). Without ``sample`` it stays in this process. ``side_by_side``: parts the caller will have
+    at once (CPU parts share the cores among them).
+
+    Raises ConfigError when Ray is asked for and not installed, or the cluster can never meet a part's request.
+    """
+    where, note = resolve_cluster(cfg)
+    if note:
+        log(note)
+    if model_factory is not None:  # a model factory (tests) lives in this process
+        return Placement(InProcessExecutor(log, model_factory, on_start))
+    if where == "measure":
+        return _measured(cfg, workdir, sample, work, data_hash, side_by_side, log, on_start)
+    if where == "none":
+        return Placement(InProcessExecutor(log, None, on_start))
+    return Placement(ray_executor(cfg, where, log=log, on_start=on_start, side_by_side=side_by_side))
+
+
+def make_executor(cfg: Config, **kwargs):
+    """:func:`choose_executor`'s executor alone."""
+    return choose_executor(cfg, **kwargs).executor
+
+
+def ray_executor(cfg: Config, address: str, **kwargs):
+    """A Ray executor on ``address`` (``local`` or HOST:PORT); ConfigError when Ray is not installed."""
+    if not ray_installed():
+        raise ConfigError(f"--cluster {cfg.cluster}: needs Ray, which is not installed: pip install 'rekfold[ray]' "
+                          f"(Ray {RAY_VERSIONS})")
+    from ._ray import RayExecutor
+
+    return RayExecutor(cfg, address, **kwargs)
+
+
+def _measured(cfg: Config, workdir, sample, work, data_hash: str, side_by_side: int, log, on_start) -> Placement:
+    """``--cluster auto`` on a CPU machine: both arrangements timed on this data (or their earlier answer)."""
+    cores = available_cores()
+    if sample is None or work is None:
+        return Placement(InProcessExecutor(log, None, on_start))
+    path = _cache_path(cfg, workdir, data_hash, cores, side_by_side)
+    if path is not None and path.exists():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            kept = json.loads(path.read_text())
+            here, slot = Speed(**kept["here"]), (Speed(**kept["slot"]) if kept["slot"] else None)
+            if kept["where"] == "local":
+                log(f"--cluster auto: parts side by side on a local Ray runtime, as measured before on this data "
+                    f"({kept['line']}; {path})")
+                return Placement(ray_executor(cfg, "local", log=log, on_start=on_start, side_by_side=side_by_side),
+                                 here, slot)
+            return Placement(InProcessExecutor(log, None, on_start), here, slot)
+    spec, probe = sample()
+    here = measure_here(spec, probe)
+    amount = work(here)
+    slots = max(1, min(cores, amount.parts))
+    chosen = Placement(InProcessExecutor(log, None, on_start), here)
+    line = ""
+    if could_pay(amount, here, slots):
+        executor = ray_executor(cfg, "local", log=log, on_start=on_start, side_by_side=side_by_side or amount.parts)
+        try:
+            slot = measure_slots(spec, probe, executor)
+            use, line = decide(amount, here, slot, executor.slots)
+        except BaseException:
+            executor.close()
+            raise
+        if use:
+            log(f"--cluster auto: measured on this data: {line}; parts train side by side on a local Ray runtime "
+                "(--cluster none for one at a time)")
+            chosen = Placement(executor, here, slot)
+        else:
+            executor.close()
+            log(f"--cluster auto: measured on this data: {line}; parts train one at a time in this process")
+            chosen.slot = slot
+    if path is not None:
+        write_json_atomic(path, {"where": "local" if chosen.executor.slots > 1 else "none", "line": line,
+                                 "here": asdict(here), "slot": asdict(chosen.slot) if chosen.slot else None,
+                                 "cores": cores, "cpu": platform.processor() or platform.machine()})
+    return chosen
+
+
+def _cache_path(cfg: Config, workdir, data_hash: str, cores: int, side_by_side: int) -> Path | None:
+    """Where the arrangement measured for these settings, data and machine is kept (None without a workdir)."""
+    if workdir is None or not data_hash:
+        return None
+    key = json.dumps({"settings": {k: getattr(cfg, k) for k in SPEED_KEYS}, "data": data_hash, "cores": cores,
+                      "side_by_side": side_by_side, "machine": platform.processor() or platform.machine()},
+                     sort_keys=True)
+    return Path(workdir) / "cache" / f"arrangement-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+@contextlib.contextmanager
+def shared_executors(cfg: Config, *, side_by_side: int = 0, placement: Placement | None = None,
+                     log: Callable[[str], None] = print) -> Iterator[tuple[int, Callable[[], object]]]:
+    """For a driver that runs several independent runs at once (tuning's trials side by side): the cluster of
+    ``cfg`` (or of ``placement``, already chosen) started or joined once; yields ``(slots, make)``, ``make()``
+    giving a one-slot executor on it (whose close leaves the cluster up). In-process: one slot."""
+    if placement is None:
+        where, note = resolve_cluster(cfg)
+        if note:
+            log(note)
+        if where in ("none", "measure"):
+            yield 1, lambda: InProcessExecutor(log)
+            return
+        placement = Placement(ray_executor(cfg, where, log=log, side_by_side=side_by_side))
+    whole = placement.executor
+    if whole.slots <= 1 and isinstance(whole, InProcessExecutor):
+        yield 1, lambda: InProcessExecutor(log)
+        return
+    from ._ray import RayExecutor, stop_ray
+
+    address, slots, cpus = whole.address, whole.slots, whole.cpus
+    # the runtime stays up while the one-slot executors come and go: this function holds it from here on
+    owned = whole.release()
+    try:
+        one = cfg.replace(max_parallel=1, cpus_per_fold=cfg.cpus_per_fold or cpus)
+        yield slots, lambda: RayExecutor(one, address, log=log)
+    finally:
+        if owned:
+            stop_ray()
