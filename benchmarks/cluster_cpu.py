@@ -125,6 +125,9 @@ def main() -> int:
                 results[(rows, arm)] = wall
                 oof = next((line for line in proc.stdout.splitlines() if ": OOF " in line), "")
                 print(f"{rows} rows, {arm}: {wall:.1f} s  {oof.split(' -> ')[0]}", flush=True)
+                for line in proc.stdout.splitlines():  # what --cluster auto chose, and why
+                    if line.startswith("--cluster auto:"):
+                        print(f"  {line}", flush=True)
     print(f"\n{'rows':>6} " + " ".join(f"{arm:>16}" for arm in args.arms.split(",")) + "   (wall s, and x of none)")
     for rows in sorted({r for r, _ in results}):
         base = results.get((rows, "none"))

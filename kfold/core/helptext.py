@@ -77,8 +77,8 @@ HELP: dict[str, tuple[str, str]] = {
     # cluster: where parts train (runtime settings: they never change a run's numbers, name or identity)
     "cluster": ("cluster", "where folds train: none = one at a time in this process on every core, local = side by "
                            "side on a Ray runtime of its own on this machine, HOST:PORT = exactly that Ray cluster, "
-                           "auto = RAY_ADDRESS if set, else local with several GPUs, else on a CPU machine whichever "
-                           "of the two the probe measures faster on this data"),
+                           "auto = RAY_ADDRESS if set, else local with several GPUs, else on a CPU machine none unless "
+                           "the probe measures local at least 1.15x faster on this data"),
     "gpus_per_fold": ("cluster", "GPUs each fold uses on a cluster (-1 = 1 where there are GPUs, else 0; 0.5 packs "
                                  "two folds on one GPU)"),
     "cpus_per_fold": ("cluster", "CPU cores (torch threads) each fold uses on Ray (0 = a GPU node's cores shared by "

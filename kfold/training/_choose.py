@@ -18,6 +18,8 @@ import json
 import math
 import os
 import platform
+import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,10 +34,17 @@ from ._resources import RAY_VERSIONS, Speed, available_cores
 
 #: Seconds ``ray.init`` takes to start a local runtime, and a fresh Ray worker process takes to start and import
 #: torch and transformers before a part can build its model (the model build itself is measured by each probe).
-#: Measured with benchmarks/cluster_cpu.py --overheads on an AMD EPYC Zen 3 (2 cores): they only decide whether
-#: side-by-side parts could pay at all, before anything is started.
-RAY_START_SECONDS = 6.0
-WORKER_START_SECONDS = 4.0
+#: Measured with benchmarks/cluster_cpu.py --overheads on an AMD EPYC Zen 3 (2 cores, no bf16; median of 3: 3.7 s
+#: and 1.6 s). They only decide whether side-by-side parts could pay at all, before anything is started; the
+#: arrangement itself is chosen by timing both (see choose_executor).
+RAY_START_SECONDS = 3.7
+WORKER_START_SECONDS = 1.6
+#: The most that parts side by side are assumed to gain over one part on every core before anything is timed (the
+#: best measured on a CPU machine: 1.17x, two one-core folds on a 2-core Zen 4, 3000 SemEval rows).
+BEST_GAIN = 1.25
+#: How much shorter the measured side-by-side estimate must be to be chosen. On a 2-core Zen 3 (3000 SemEval rows,
+#: 4 folds x 1 epoch) the probe predicted 1.13x for two one-core slots and the run took 0.87x of one in this process.
+MARGIN = 1.15
 #: The settings the arrangement's measurement depends on (its cache key, with the data and the machine).
 SPEED_KEYS = ("backbone", "variant", "marker", "max_len", "batch_size", "eval_batch_size", "precision",
               "attn_implementation", "grad_checkpointing", "length_grouping", "rdrop", "augment", "device",
@@ -122,19 +131,30 @@ def seconds_side_by_side(work: Work, slot: Speed, slots: int) -> float:
             + RAY_START_SECONDS)
 
 
-def could_pay(work: Work, here: Speed, slots: int) -> bool:
-    """Whether parts side by side could beat ``here`` at all: even if each slot trained as fast as one part on
-    every core (it cannot: it has fewer threads), Ray's start-up and a worker per part must cost less than the
-    time saved. When they cannot, nothing is started to measure it."""
-    return slots > 1 and seconds_side_by_side(work, here, slots) < seconds_here(work, here)
+def could_pay(work: Work, here: Speed, slots: int, measuring: float = 0.0) -> bool:
+    """Whether parts side by side could beat ``here`` at all: even if the slots together trained BEST_GAIN times
+    as fast as one part on every core, Ray's start-up and a worker per part, and ``measuring`` (the seconds that
+    timing the slots would take: a runtime started and the probe run on every slot), must cost less than the time
+    saved. When they cannot, nothing is started to measure it."""
+    best = dataclasses.replace(here, train_rows_per_s=here.train_rows_per_s * BEST_GAIN / max(slots, 1))
+    return slots > 1 and seconds_side_by_side(work, best, slots) + measuring < seconds_here(work, here)
+
+
+def measuring_seconds(probe_here: float, slots: int) -> float:
+    """Seconds that timing ``slots`` slots would cost: Ray's start-up, a worker per slot, and the probe on each slot
+    at once, each with 1/``slots`` of the cores the probe here (``probe_here`` seconds) had: up to ``slots`` times
+    as long. (Zen 3, 1000 SemEval rows: 15 s here, 40 s for the slots, 2 of them.)"""
+    return RAY_START_SECONDS + WORKER_START_SECONDS + probe_here * max(slots, 1)
 
 
 def decide(work: Work, here: Speed, slot: Speed, slots: int) -> tuple[bool, str]:
-    """Side by side or not, from the measured speeds of both arrangements: (use them, the line that says why)."""
+    """Side by side or not, from the measured speeds of both arrangements: (use them, the line that says why).
+    Side by side only when its estimate is MARGIN times shorter: a smaller measured gain is within the probe's
+    error."""
     a, b = seconds_here(work, here), seconds_side_by_side(work, slot, slots)
     line = (f"one part on all cores {here.train_rows_per_s:.1f} training rows/s (~{a / 60:.1f} min), {slots} side by "
             f"side {slots} x {slot.train_rows_per_s:.1f} (~{b / 60:.1f} min with Ray's start-up and a worker per part)")
-    return b < a, line
+    return b * MARGIN < a, line
 
 
 @dataclass
@@ -204,12 +224,14 @@ def _measured(cfg: Config, workdir, sample, work, data_hash: str, side_by_side: 
                                  here, slot)
             return Placement(InProcessExecutor(log, None, on_start), here, slot)
     spec, probe = sample()
+    t0 = time.perf_counter()
     here = measure_here(spec, probe)
+    probe_here = time.perf_counter() - t0
     amount = work(here)
     slots = max(1, min(cores, amount.parts))
     chosen = Placement(InProcessExecutor(log, None, on_start), here)
     line = ""
-    if could_pay(amount, here, slots):
+    if could_pay(amount, here, slots, measuring_seconds(probe_here, slots)):
         executor = ray_executor(cfg, "local", log=log, on_start=on_start, side_by_side=side_by_side or amount.parts)
         try:
             slot = measure_slots(spec, probe, executor)
@@ -225,6 +247,9 @@ def _measured(cfg: Config, workdir, sample, work, data_hash: str, side_by_side: 
             executor.close()
             log(f"--cluster auto: measured on this data: {line}; parts train one at a time in this process")
             chosen.slot = slot
+    else:
+        log(f"--cluster auto: parts train one at a time in this process (~{seconds_here(amount, here) / 60:.1f} min "
+            "on all cores, too little for parts side by side to pay for starting Ray and timing them)")
     if path is not None:
         write_json_atomic(path, {"where": "local" if chosen.executor.slots > 1 else "none", "line": line,
                                  "here": asdict(here), "slot": asdict(chosen.slot) if chosen.slot else None,

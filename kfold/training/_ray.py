@@ -389,8 +389,8 @@ class RayExecutor:
             except DIED as exc:
                 node = _lost_node(str(exc))
                 if node == self._node_id:  # this machine's node: the driver's own objects are gone with it
-                    raise RuntimeLost(f"the Ray runtime was lost: this machine's Ray node died "
-                                      f"({type(exc).__name__})") from None
+                    raise RuntimeLost(f"the Ray runtime was lost: this machine's Ray node stopped "
+                                      f"(Ray reported {type(exc).__name__})") from None
                 events.append(Event(key, "died", message=f"{type(exc).__name__}: {_first_line(exc)[:160]}"))
             except ray.exceptions.RayError as exc:  # the engine refused or failed the part (object store full,
                 # out of disk, a system error): that part fails, the others go on

@@ -8,7 +8,7 @@ import pytest
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError
 from kfold.training import InProcessExecutor, PartSpec, Speed, Work, make_executor, resolve_cluster, slots_of
-from kfold.training._choose import could_pay, decide, seconds_here, seconds_side_by_side
+from kfold.training._choose import could_pay, decide, measuring_seconds, seconds_here, seconds_side_by_side
 from kfold.training._parts import limit_gpu_memory
 from kfold.training._resources import available_cores, device_label, threads_per_part
 
@@ -36,12 +36,24 @@ def test_side_by_side_wins_only_where_its_measured_speed_beats_one_part_on_every
     assert not use and "one part on all cores 20.3 training rows/s" in line and "2 x 9.8" in line
     use, _ = decide(work, Speed(20.0, 51.0, 4.0), Speed(11.7, 30.0, 4.0), 2)
     assert use
+    # a gain the probe's error can hold is not taken: 3000 SemEval rows on Zen 3, 58.2 rows/s on both cores
+    # against 2 x 34.4 predicted ~1.13x; the run side by side took 0.87x of the one in this process
+    zen3_work = Work(row_epochs=2250 * 4, parts=4)
+    use, line = decide(zen3_work, Speed(58.2, 160.0, 1.5), Speed(34.4, 90.0, 1.5), 2)
+    assert not use and "2 x 34.4" in line
     # a run of a few seconds cannot pay for Ray's start-up: nothing is started to measure it
     tiny = Work(row_epochs=2000, parts=3)
     fast = Speed(1000.0, 3000.0, 0.2)
     assert not could_pay(tiny, fast, 2) and seconds_side_by_side(tiny, fast, 2) > seconds_here(tiny, fast)
     assert could_pay(Work(row_epochs=10**6, parts=4), Speed(20.0, 50.0, 4.0), 2)
     assert not could_pay(Work(row_epochs=10**6, parts=4), Speed(20.0, 50.0, 4.0), 1)
+    # ... nor for the measurement itself: 1000 SemEval rows, 4 folds x 1 epoch on Zen 3 (68.5 s in this process;
+    # --cluster auto timing the slots as well took 120.3 s: 15 s for the probe here, 40 s for the slots). The best
+    # side by side could save here is less than starting Ray and running the probe on every slot.
+    small, zen3 = Work(row_epochs=750 * 4, parts=4), Speed(65.9, 160.0, 1.5)
+    measuring = measuring_seconds(probe_here=15.0, slots=2)
+    assert could_pay(small, zen3, 2) and not could_pay(small, zen3, 2, measuring)
+    assert could_pay(Work(row_epochs=10**6, parts=4), zen3, 2, measuring)  # a long run still measures
 
 
 def test_the_cores_this_process_may_use_count_affinity_and_cgroup_quotas(tmp_path):

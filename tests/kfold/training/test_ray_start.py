@@ -19,10 +19,12 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 
 from kfold.core.config import Config  # noqa: E402
 from kfold.core.errors import ConfigError  # noqa: E402
+from kfold.training import make_executor  # noqa: E402
 from kfold.training._ray import RayExecutor, start_ray, stop_ray  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)  # every wait bounded: a hang fails the test (pytest-timeout)
 CPU = Config(gpus_per_fold=0.0, cpus_per_fold=1)
+LOCAL = CPU.replace(cluster="local")
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +45,7 @@ def _free_port() -> int:
 def test_local_starts_its_own_runtime_whatever_ray_address_says(monkeypatch):
     dead = f"127.0.0.1:{_free_port()}"  # nothing listens there
     monkeypatch.setenv("RAY_ADDRESS", dead)
-    executor = RayExecutor(CPU, "local")
+    executor = make_executor(LOCAL, log=lambda m: None)  # what `--cluster local` does
     try:
         assert ray.get_runtime_context().gcs_address != dead and executor.slots >= 1
     finally:
@@ -51,20 +53,23 @@ def test_local_starts_its_own_runtime_whatever_ray_address_says(monkeypatch):
     assert not ray.is_initialized()  # the runtime it started is shut down with it
 
 
-def test_local_never_joins_a_ray_start_cluster_on_the_machine():
+def test_local_never_joins_a_ray_start_cluster_on_the_machine(monkeypatch):
     import shutil
     import tempfile
 
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 characters
+    # RAY_TMPDIR for both sides: `ray start` records its address in <RAY_TMPDIR>/ray/ray_current_cluster, where a
+    # ray.init() without an address in this process would find and join it
+    monkeypatch.setenv("RAY_TMPDIR", temp)
     ray_cli = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                              f"--temp-dir={temp}"], capture_output=True, text=True, timeout=120, env=env)
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+                             capture_output=True, text=True, timeout=120, env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
-        executor = RayExecutor(CPU, "local")
+        executor = make_executor(LOCAL, log=lambda m: None)  # what `--cluster local` does
         try:
             assert not ray.get_runtime_context().gcs_address.endswith(f":{port}")
         finally:
