@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from kfold.core.config import Config
-from kfold.core.errors import ConfigError, ToolkitError
+from kfold.core.errors import ConfigError, RuntimeLost, ToolkitError
 from kfold.core.metrics import LOWER_IS_BETTER, METRICS, metric_fn
 
 PRUNERS = ("median", "wilcoxon", "none")
@@ -155,11 +155,12 @@ def _connect(optuna, settings: StudySettings, attempts: int = 5):
 
 
 def _identity(config: dict) -> dict:
-    """The settings that make a study's trials what they are: the base config without its runtime keys (where and
-    how fast parts train: another worker may use another --cluster, --cpus-per-fold or --threads)."""
-    from kfold.training import RUNTIME_KEYS
+    """The settings that make a study's trials what they are: the base config without the keys that only say where
+    and how fast parts train (another worker may use another --cluster, --cpus-per-fold or --threads; its data,
+    test file and data repairs must be the same)."""
+    from kfold.training import PLACEMENT_KEYS
 
-    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+    return {k: v for k, v in config.items() if k not in PLACEMENT_KEYS}
 
 
 def _check_or_store_settings(study, settings: StudySettings, base: Config, space: dict | None) -> None:
@@ -352,6 +353,8 @@ def _run(trial, cfg: Config, tag: str, run_trial: Callable, settings: StudySetti
     except optuna.TrialPruned:
         trial.set_user_attr("folds_skipped", k - len(scores))
         return "PRUNED", float("nan"), ""
+    except RuntimeLost:  # not this trial's failure: every later trial would fail the same way
+        raise
     except ToolkitError as exc:
         return "FAIL", float("nan"), f"{type(exc).__name__}: {exc}"
     except (RuntimeError, MemoryError) as exc:  # out of memory and other runtime failures of one trial

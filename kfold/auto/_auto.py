@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from kfold.core.config import Config
-from kfold.core.errors import ConfigError, ToolkitError
+from kfold.core.errors import ConfigError, RuntimeLost, ToolkitError, TrainingError
 from kfold.core.metrics import has_directions, metric_fn, metric_name
 from kfold.core.store import REFIT, RunDir
 from kfold.core.textio import read_json, write_json_atomic
@@ -266,6 +266,11 @@ def _loop(settings: AutoSettings, base: Config, data, size: Size, executor, plac
                 train_many([r.candidate.config for r in batch], workdir, log=log, before_part=guard)
         except BudgetReached as exc:
             log(f"stopped: {exc}")
+            break
+        except RuntimeLost:
+            raise
+        except TrainingError as exc:  # a run of the batch failed (the others went on): blend what completed
+            log(f"stopped: a run failed ({str(exc).splitlines()[0]}); the runs that completed are blended")
             break
         took = clock() - start
         result.trained.extend(names)

@@ -72,8 +72,8 @@ HELP: dict[str, tuple[str, str]] = {
     "eval_batch_size": ("speed", "rows per prediction batch (halved on out-of-memory)"),
     "auto_micro_batch": ("speed", "find the largest micro-batch that fits in memory and accumulate to --batch-size"),
     "device": ("speed", "auto = CUDA, then MPS, then CPU"),
-    "threads": ("speed", "CPU threads for torch (0 = the cores this process may use, affinity and container quota "
-                         "counted; on Ray, each part's share)"),
+    "threads": ("speed", "CPU threads for torch in this process (0 = the cores this process may use, affinity and "
+                         "container quota counted); a CPU part on Ray uses its --cpus-per-fold share instead"),
     # cluster: where parts train (runtime settings: they never change a run's numbers, name or identity)
     "cluster": ("cluster", "where folds train: none = one at a time in this process on every core, local = side by "
                            "side on a Ray runtime of its own on this machine, HOST:PORT = exactly that Ray cluster, "
@@ -82,8 +82,9 @@ HELP: dict[str, tuple[str, str]] = {
     "gpus_per_fold": ("cluster", "GPUs each fold uses on a cluster (-1 = 1 where there are GPUs, else 0; 0.5 packs "
                                  "two folds on one GPU)"),
     "cpus_per_fold": ("cluster", "CPU cores (torch threads) each fold uses on Ray (0 = a GPU node's cores shared by "
-                                 "its GPU folds; without GPUs the cores this process may use shared by the folds "
-                                 "side by side, and all of them for a run's last part)"),
+                                 "its GPU folds; without GPUs the largest node's cores (this machine's usable ones "
+                                 "with --cluster local) shared by the folds side by side, and all of them for a run's "
+                                 "last part)"),
     "max_parallel": ("cluster", "at most this many folds side by side (0 = as many as the resources allow)"),
     "retries": ("cluster", "times a fold is retried when its worker or node dies (an error it raises is not retried)"),
     # output

@@ -4,7 +4,7 @@ the scheduler that writes their results to the run store, the runner, prediction
 fold models, and the probe that measures this machine's speed.
 
 Imports the layers below (core, data, encoding, model); ``tuning``, ``kfold.auto`` and the CLI call it. Inside,
-modules are layered too (checked by an import-linter contract in pyproject.toml), top to bottom: ``_runner``;
+modules are layered too (checked by an import-linter contract in pyproject.toml), top to bottom: ``_runner`` |
 ``_predict``; ``_choose`` (which executor); ``_schedule`` | ``_probe``; ``_inprocess`` | ``_ray``; ``_parts``;
 ``_train`` | ``_folds``; ``_resources`` (events, the executor interface, resource rules, torch- and Ray-free).
 """
@@ -69,6 +69,7 @@ _EXPORTS = {
     "swapped_features": "._runner",
     "data_record": "._runner",
     "RUNTIME_KEYS": "._runner",
+    "PLACEMENT_KEYS": "._runner",
     "NAMING_KEYS": "._runner",
     # _predict
     "predict_run": "._predict",

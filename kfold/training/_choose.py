@@ -174,8 +174,9 @@ def choose_executor(cfg: Config, *, workdir: str | Path | None = None, sample: C
 
     ``--cluster auto`` on a CPU machine: ``sample()`` gives ``(PartSpec, ProbeSample)`` of the data; the probe runs
     here on every core, and, where parts side by side could pay for ``work(speed here)`` (:func:`could_pay`), on
-    every slot of a local runtime; the faster arrangement wins (kept in ``WORKDIR/cache`` under ``data_hash`` and
-    the speed settings). Without ``sample`` it stays in this process. ``side_by_side``: parts the caller will have
+    every slot of a local runtime, and side by side wins when its estimate is MARGIN times shorter (the answer kept
+    in ``WORKDIR/cache`` under ``data_hash`` and the speed settings). Where they could not pay, nothing is started
+    and the parts train here. Without ``sample`` it stays in this process. ``side_by_side``: parts the caller will have
     at once (CPU parts share the cores among them).
 
     Raises ConfigError when Ray is asked for and not installed, or the cluster can never meet a part's request.
@@ -220,7 +221,9 @@ def _measured(cfg: Config, workdir, sample, work, data_hash: str, side_by_side: 
             if kept["where"] == "local":
                 log(f"--cluster auto: parts side by side on a local Ray runtime, as measured before on this data "
                     f"({kept['line']}; {path})")
-                return Placement(ray_executor(cfg, "local", log=log, on_start=on_start, side_by_side=side_by_side),
+                # the same threads per part as when it was measured
+                at_once = side_by_side or work(here).parts
+                return Placement(ray_executor(cfg, "local", log=log, on_start=on_start, side_by_side=at_once),
                                  here, slot)
             return Placement(InProcessExecutor(log, None, on_start), here, slot)
     spec, probe = sample()
@@ -233,7 +236,7 @@ def _measured(cfg: Config, workdir, sample, work, data_hash: str, side_by_side: 
     line = ""
     if could_pay(amount, here, slots, measuring_seconds(probe_here, slots)):
         executor = ray_executor(cfg, "local", log=log, on_start=on_start, side_by_side=side_by_side or amount.parts)
-        try:
+        try:  # (the executor is closed on every way out of here but the one that returns it)
             slot = measure_slots(spec, probe, executor)
             use, line = decide(amount, here, slot, executor.slots)
         except BaseException:
@@ -251,9 +254,13 @@ def _measured(cfg: Config, workdir, sample, work, data_hash: str, side_by_side: 
         log(f"--cluster auto: parts train one at a time in this process (~{seconds_here(amount, here) / 60:.1f} min "
             "on all cores, too little for parts side by side to pay for starting Ray and timing them)")
     if path is not None:
-        write_json_atomic(path, {"where": "local" if chosen.executor.slots > 1 else "none", "line": line,
-                                 "here": asdict(here), "slot": asdict(chosen.slot) if chosen.slot else None,
-                                 "cores": cores, "cpu": platform.processor() or platform.machine()})
+        try:
+            write_json_atomic(path, {"where": "local" if chosen.executor.slots > 1 else "none", "line": line,
+                                     "here": asdict(here), "slot": asdict(chosen.slot) if chosen.slot else None,
+                                     "cores": cores, "cpu": platform.processor() or platform.machine()})
+        except BaseException:
+            chosen.executor.close()
+            raise
     return chosen
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -61,7 +63,38 @@ def _run_part(spec: PartSpec, payload: RunPayload, events, token: int, part_fn: 
     kwargs = {"device_name": device, "node": node}
     if part_fn is compute_part:
         kwargs["log"] = lambda line: events.put(("log", token, line))
-    return part_fn(spec, payload, **kwargs)
+    # what the part writes to stderr (a warning, a library's message) reaches the driver's output and the run's
+    # log.txt too, prefixed, as Ray's own log_to_driver (off: it would print every worker's setup) would not
+    stderr = sys.stderr
+    sys.stderr = _Lines(lambda line: events.put(("log", token, f"{spec.run} {spec.name} stderr: {line}")))
+    try:
+        return part_fn(spec, payload, **kwargs)
+    finally:
+        sys.stderr.flush_rest()
+        sys.stderr = stderr
+
+
+class _Lines(io.TextIOBase):
+    """A text stream that hands each complete, non-blank line to ``send`` (a failing send loses the line only)."""
+
+    def __init__(self, send: Callable[[str], None]):
+        self.send, self.rest = send, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.rest += text
+        *lines, self.rest = self.rest.replace("\r", "\n").split("\n")
+        for line in lines:
+            if line.strip():
+                with contextlib.suppress(Exception):
+                    self.send(line.rstrip())
+        return len(text)
+
+    def flush_rest(self) -> None:
+        if self.rest.strip():
+            self.write("\n")
 
 
 def node_report(backbone: str) -> dict:
@@ -164,9 +197,11 @@ def start_ray(address: str, init: Callable = ray.init) -> bool:
         options.update(address=address)
     try:
         context = init(**options)
-    except Exception as exc:  # noqa: BLE001 - Ray raises many types here; each is the same one-line refusal
-        if ray.is_initialized():  # a start that failed half-way: nothing of it stays up
+    except BaseException as exc:  # noqa: BLE001 - Ray raises many types here; each is the same one-line refusal
+        if ray.is_initialized():  # a start that failed (or was interrupted) half-way: nothing of it stays up
             ray.shutdown()
+        if not isinstance(exc, Exception):  # Ctrl-C during the start: shut down above, then interrupted
+            raise
         raise ConfigError(f"{_flag(address)}: cannot start or join Ray ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     _OWN.clear()
     _OWN.update(asked=address, info=dict(getattr(context, "address_info", {}) or {}))
@@ -264,6 +299,9 @@ class RayExecutor:
         nodes = alive_nodes()
         self.gpus, self.cpus = part_resources(cfg, nodes, side_by_side)
         self.node_cpus = int(max((n.get("CPU", 0) for n in nodes), default=1))
+        # a part alone may take every core only where the cores were left to the toolkit (not --cpus-per-fold N,
+        # nor the one-slot executors of tuning's trials, which share one runtime)
+        self.may_take_all = cfg.cpus_per_fold == 0
         self.slots = slots_of(nodes, self.cpus, self.gpus, cfg.max_parallel)
         if not self.slots:  # a request no node can meet: refused now, never a wait
             have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes)
@@ -331,14 +369,14 @@ class RayExecutor:
 
     def submit(self, key: object, spec: PartSpec, payload, *, alone: bool = False) -> None:
         """Submit a part. A CPU part's torch threads are its CPU share; ``alone`` (no other part will run beside
-        it: a run's last part) asks for every core of a node. A GPU part packed on a share of one GPU may fill only
+        it: a run's last part) asks for every core of a node, where ``--cpus-per-fold`` is 0. A GPU part packed on a share of one GPU may fill only
         that share of its memory."""
         self._check_lost()
         cpus = self.cpus
         if self.gpus:
             spec = dataclasses.replace(spec, gpu_share=self.gpus if self.gpus < 1 else 0.0)
         else:
-            cpus = self.node_cpus if alone else self.cpus
+            cpus = self.node_cpus if alone and self.may_take_all else self.cpus
             spec = cpu_part(spec, cpus)
         token = next(self._tokens)
         self._keys[token] = key
@@ -377,7 +415,8 @@ class RayExecutor:
         except RuntimeLost:
             raise
         except (ray.exceptions.RaySystemError, ConnectionError) as exc:
-            raise RuntimeLost(f"the Ray runtime was lost: {type(exc).__name__}: {_first_line(exc)}") from None
+            self._health["lost"] = f"{type(exc).__name__}: {_first_line(exc)}"  # close() asks nothing of it now
+            raise RuntimeLost(f"the Ray runtime was lost: {self._lost}") from None
         events = []
         for ref in ready:
             key = self._keys.pop(self._running.pop(ref))
@@ -389,15 +428,16 @@ class RayExecutor:
             except DIED as exc:
                 node = _lost_node(str(exc))
                 if node == self._node_id:  # this machine's node: the driver's own objects are gone with it
-                    raise RuntimeLost(f"the Ray runtime was lost: this machine's Ray node stopped "
-                                      f"(Ray reported {type(exc).__name__})") from None
+                    self._health["lost"] = f"this machine's Ray node stopped (Ray reported {type(exc).__name__})"
+                    break  # the events already taken are handed back; the next wait() raises RuntimeLost
                 events.append(Event(key, "died", message=f"{type(exc).__name__}: {_first_line(exc)[:160]}"))
             except ray.exceptions.RayError as exc:  # the engine refused or failed the part (object store full,
                 # out of disk, a system error): that part fails, the others go on
                 events.append(Event(key, "error", error=exc, message=f"{type(exc).__name__}: {_first_line(exc)}",
                                     traceback=traceback.format_exc()))
-        self._check_lost()
-        return events
+        if not events:
+            self._check_lost()
+        return events  # results already fetched are handed back even when the runtime is lost meanwhile
 
     def cancel(self) -> None:
         if self._lost:  # nothing to cancel on a runtime that is gone (and asking it could hang)
@@ -415,16 +455,20 @@ class RayExecutor:
         return owned
 
     def close(self) -> None:
+        """Cancel what runs, stop the log channel, and shut down a runtime this executor started: the last also
+        when cancelling fails."""
         self._watch_stop.set()
-        if self._running:
-            self.cancel()
-        if self._events is not None and not self._lost:
-            with contextlib.suppress(Exception):  # an actor on a lost node cannot be asked to stop
-                self._events.shutdown(force=True)
-        self._events = None
-        if self._owned:
-            stop_ray()
-            self._owned = False
+        try:
+            if self._running:
+                self.cancel()
+            if self._events is not None and not self._lost:
+                with contextlib.suppress(Exception):  # an actor on a lost node cannot be asked to stop
+                    self._events.shutdown(force=True)
+        finally:
+            self._events = None
+            if self._owned:
+                self._owned = False
+                stop_ray()
 
 
 #: Ray colours the worker's name in a task's traceback; the run's log.txt keeps plain text.

@@ -106,8 +106,12 @@ def cgroup_quota(root: Path, proc_cgroup: Path) -> float | None:
     for rel in paths:
         parts = [p for p in rel.strip("/").split("/") if p]
         for depth in range(len(parts), -1, -1):
-            here = root.joinpath(*parts[:depth])
-            for quota in (_v2_quota(here), _v1_quota(here), _v1_quota(here / "cpu"), _v1_quota(here / "cpu,cpuacct")):
+            rel_parts = parts[:depth]
+            # v2: <root>/<path>/cpu.max; v1: <root>/<controller>/<path>/cpu.cfs_quota_us (or the controller mounted
+            # at the root itself)
+            here = root.joinpath(*rel_parts)
+            for quota in (_v2_quota(here), _v1_quota(here), _v1_quota(root.joinpath("cpu", *rel_parts)),
+                          _v1_quota(root.joinpath("cpu,cpuacct", *rel_parts))):
                 if quota:
                     best = quota if best is None else min(best, quota)
     return best

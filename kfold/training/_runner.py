@@ -31,6 +31,9 @@ from ._train import compute_line
 RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch",
                 "attn_implementation", "offsets", "repair_window", "too_far", "overlap", "bad_rows", "refit",
                 "epoch_scores", "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries")
+#: The runtime keys that only say where and how fast parts train (another worker of one study may differ in them).
+PLACEMENT_KEYS = ("threads", "save_models", "eval_batch_size", "device", "auto_micro_batch", "attn_implementation",
+                  "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries")
 #: Settings that name the run themselves, or belong to the data and fold map.
 NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "folds", "fold_seed", "group", "no_relation")
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
@@ -207,13 +210,14 @@ def job_executor(jobs: list[Job], workdir: str | Path, *, log: Callable[[str], N
     """The Placement for these jobs' parts (see ``choose_executor``): the probe sample is drawn from the first
     job's token features, the work is the parts still missing."""
     first = jobs[0]
-    row_epochs, parts = 0.0, 0
+    row_epochs, parts, folds = 0.0, 0, 0
     for job in jobs:
         n = len(job.payload.y)
         for part in job.folds + ([REFIT] if job.cfg.refit else []):
             if job.run.fold_record(part) is None:
                 row_epochs += part_row_epochs(job.cfg, n, part == REFIT)
                 parts += 1
+                folds += part != REFIT  # a refit runs after its folds, never beside them
 
     def sample():
         return probe_sample(first.cfg, first.payload.train, first.payload.y, first.data.train.label_names,
@@ -221,7 +225,7 @@ def job_executor(jobs: list[Job], workdir: str | Path, *, log: Callable[[str], N
 
     return choose_executor(first.cfg, workdir=workdir, sample=sample if parts else None,
                            work=lambda speed: Work(row_epochs, parts), data_hash=first.data.train.content_hash(),
-                           side_by_side=max(parts, 1), log=log, model_factory=model_factory)
+                           side_by_side=max(folds, 1), log=log, model_factory=model_factory)
 
 
 def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",

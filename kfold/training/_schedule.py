@@ -108,6 +108,7 @@ class _Driver:
         self.running: dict[int, _Running] = {}
         self.keys = iter(range(1 << 62))
         self.failures: list[Failure] = []
+        self.failures_reported = 0
         self.stop: BaseException | None = None
         self.durations: list[float] = []
         self.done = 0
@@ -129,43 +130,49 @@ class _Driver:
                 self.log(f"warning: {exc} (lines go to this output only)")
 
     def worker_line(self, key, line: str) -> None:
+        """A line a worker wrote (the executor's ``on_log``): a line that cannot be shown never stops a part."""
         entry = self.running.get(key)
-        self.say(entry.job if entry else None, line)
+        with contextlib.suppress(Exception):
+            self.say(entry.job if entry else None, line)
 
     def started(self, key, device: str, node: str) -> None:
+        """A part started (the executor's ``on_start``); like worker lines, never stops a part."""
         entry = self.running.get(key)
         if entry is not None:
-            self.say(entry.job, f"{entry.job.run.name} {entry.spec.name}: started on {device}"
-                     + (f" of {node}" if node else "") + f" (attempt {entry.spec.attempt})")
+            with contextlib.suppress(Exception):
+                self.say(entry.job, f"{entry.job.run.name} {entry.spec.name}: started on {device}"
+                         + (f" of {node}" if node else "") + f" (attempt {entry.spec.attempt})")
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> None:
         self.executor.on_start = self.started
         self.executor.on_log = self.worker_line
         for job in self.jobs:
-            if job.folds and _folds_complete(job):
-                self.complete(job)  # nothing to train: assemble (and queue the refit) now
+            with contextlib.suppress(Exception):  # a record that cannot be read fails its run when its part starts
+                if job.folds and _folds_complete(job):
+                    self.complete(job)  # nothing to train: assemble (and queue the refit) now
         lost: RuntimeLost | None = None
         try:
             while True:
                 self.fill()
                 if not self.running:
                     break
-                try:
-                    events = self.executor.wait()
-                except RuntimeLost as exc:
-                    lost = exc
-                    break
-                for event in events:
+                for event in self.executor.wait():
                     self.handle(event)
+        except RuntimeLost as exc:  # from wait, put or submit: the runtime is gone, nothing to cancel on it
+            lost = exc
         except BaseException:  # Ctrl-C, or a bug of ours: nothing more runs; what completed is kept and assembled
-            self.executor.cancel()
-            self.release()
-            self.assemble_finished()
+            try:
+                self.executor.cancel()
+            finally:
+                self.release()
+                self.assemble_finished()
+                self.report_failures()
             raise
         if lost is not None:
             self.release()
             self.assemble_finished()
+            self.report_failures()
             raise RuntimeLost(self.lost_line(lost)) from None
         self.finish()
 
@@ -175,14 +182,20 @@ class _Driver:
             job, part = self.queue.pop(0)
             if job.stopped:
                 continue
-            if self.before_part is not None:
+            if self.before_part is not None and job.run.fold_record(part) is None:  # a complete part costs nothing
                 try:
                     self.before_part(job.cfg, job.run.name, part)
                 except Exception as exc:  # a budget that cannot hold the part: the queue stops here
                     self.stop = exc
                     self.queue.insert(0, (job, part))
                     return
-            record = self.start(job, part)
+            try:
+                record = self.start(job, part)
+            except RuntimeLost:
+                raise
+            except Exception as exc:  # a corrupt record, a lock or the object store failing: this run only
+                self.fail(job, part, exc, "", traceback.format_exc(), "the driver could not start it")
+                continue
             if record is not None and part != REFIT:  # complete already: its score still reaches on_fold
                 self.report(job, part, record)
                 if _folds_complete(job):
@@ -246,7 +259,8 @@ class _Driver:
                 self.report(job, spec.part, record)
                 if _folds_complete(job):
                     self.complete(job)
-        elif event.kind == "died" and spec.attempt <= job.cfg.retries and self.stop is None:
+        elif event.kind == "died" and spec.attempt <= job.cfg.retries and self.stop is None and not job.stopped \
+                and self.may_start(job, spec.part):
             retry = dataclasses.replace(spec, attempt=spec.attempt + 1)
             self.say(job, f"{job.run.name} {spec.name}: its worker died ({event.message}); retrying on a free slot "
                      f"(attempt {retry.attempt})")
@@ -259,13 +273,25 @@ class _Driver:
             self.running[key] = _Running(job, retry, entry.lock)
         elif event.kind == "died":
             entry.lock.close()
-            why = "given up (--retries)" if self.stop is None else "not retried: the queue is stopping"
+            why = ("not retried: the queue is stopping" if self.stop is not None
+                   else "not retried: its run has stopped" if job.stopped else "given up (--retries)")
             message = f"its worker died {spec.attempt} time(s) ({event.message}); {why}"
             self.fail(job, spec.part, None, message, "", message, stop_run=False)
         else:
             entry.lock.close()
             self.fail(job, spec.part, event.error, event.message, event.traceback,
                       f"failed ({type(event.error).__name__ if event.error is not None else event.message})")
+
+    def may_start(self, job: Job, part) -> bool:
+        """``before_part`` for a part about to be submitted again (a retry); what it raises stops the queue."""
+        if self.before_part is None:
+            return True
+        try:
+            self.before_part(job.cfg, job.run.name, part)
+        except Exception as exc:
+            self.stop = exc
+            return False
+        return True
 
     def fail(self, job: Job, part, error: BaseException | None, message: str, trace: str, said: str,
              stop_run: bool = True) -> None:
@@ -365,13 +391,18 @@ class _Driver:
                 + (f" ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''})" if kept else "")
                 + f", {missing} not complete; the same command resumes (it trains only the missing parts)")
 
-    def finish(self) -> None:
-        """Report every failure once (with its traceback), then raise: the stop, else the failure(s)."""
-        for f in self.failures:
+    def report_failures(self) -> None:
+        """Every failure once, with its traceback, in the output and the run's log.txt (on every way out)."""
+        failures, self.failures_reported = self.failures[self.failures_reported:], len(self.failures)
+        for f in failures:
             lines = [f"failed: {f.line()}"] + [f"  {t}" for t in f.traceback.rstrip().splitlines()]
             self.keep(f.job, lines)
             for line in lines:
                 self.log(line)
+
+    def finish(self) -> None:
+        """Report every failure once (with its traceback), then raise: the stop, else the failure(s)."""
+        self.report_failures()
         if self.stop is not None:
             if self.failures:
                 self.log(f"{len(self.failures)} part(s) failed before the stop (above); the stop: {self.stop}")

@@ -240,6 +240,24 @@ def test_a_worker_with_other_runtime_settings_works_on_the_same_study(tmp_path):
     with pytest.raises(ConfigError, match=r"started with other settings \(label_smoothing\)"):
         search(base.replace(label_smoothing=0.0), settings, load_space(None), 3, run_trial=fake_trial(lambda c: 1.0),
                **QUIET)
+    # ... but its data is: a worker pointed at another training file is another study
+    with pytest.raises(ConfigError, match=r"started with other settings \(bad_rows, data\)"):
+        search(base.replace(data="other.tsv", bad_rows="skip"), settings, load_space(None), 3,
+               run_trial=fake_trial(lambda c: 1.0), **QUIET)
+
+
+def test_a_lost_runtime_ends_the_search_instead_of_failing_every_trial(tmp_path):
+    from kfold.core.errors import RuntimeLost
+
+    calls = []
+
+    def lost(cfg, tag, on_fold):
+        calls.append(tag)
+        raise RuntimeLost("the Ray runtime was lost: the cluster's head (10.0.0.1:6379) cannot be reached")
+
+    with pytest.raises(RuntimeLost, match="cannot be reached"):
+        search(Config(folds=2), _settings(tmp_path), load_space(None), 4, run_trial=lost, **QUIET)
+    assert len(calls) == 1
 
 
 def test_two_trials_in_flight_take_distinct_queued_trials_with_a_constant_liar(tmp_path, monkeypatch):

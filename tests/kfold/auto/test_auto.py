@@ -253,3 +253,35 @@ def test_a_budget_that_stops_mid_batch_on_two_slots_still_writes_a_checked_file(
         assert (tmp_path / "w" / "runs" / name / "oof.npz").exists()
     assert all(part != REFIT for _, part in executor.finished)  # no refit started that could not finish
     assert res.manifest["test_source"] == "folds"
+
+
+class OneRunFails(SlotsExecutor):
+    """SlotsExecutor whose parts of every run but the first it sees raise (a NaN loss)."""
+
+    def wait(self, timeout=None):
+        from kfold.core.errors import TrainingError
+        from kfold.training import Event
+
+        key = next(iter(self.running))
+        spec, _ = self.running[key]
+        first = self.finished[0][0] if self.finished else spec.run
+        if spec.run != first:
+            self.running.pop(key)
+            return [Event(key, "error", error=TrainingError("loss is nan"), traceback="Traceback (remote): ...")]
+        return super().wait(timeout)
+
+
+def test_a_run_that_fails_in_a_batch_still_ends_with_a_file_from_the_others(demo_dir, tmp_path, tiny_bert):
+    clock = FakeClock()
+    n_train, n_test = len(read_dataset(demo_dir / "train.tsv")), len(read_dataset(demo_dir / "test.tsv", role="test"))
+    from kfold.auto._plan import Size
+
+    settings = _settings(demo_dir, tmp_path, 3 * _one_run(demo_dir, 3))
+    settings.base = settings.base.replace(backbone=tiny_bert, folds=3)
+    settings.fixed_folds = True
+    executor = OneRunFails(clock, Size(n_train, n_test), slow=1.0)
+    lines = []
+    res = run_auto(settings, clock=clock, probe=lambda cfg: SPEED, log=lines.append, executor=executor)
+    assert any(line.startswith("stopped: a run failed (") and "loss is nan" in line for line in lines), lines
+    assert res.path is not None and res.path.exists() and len(res.members) == 1
+    assert res.members[0] == executor.finished[0][0]

@@ -79,6 +79,13 @@ def test_the_cores_this_process_may_use_count_affinity_and_cgroup_quotas(tmp_pat
     proc.write_text("4:cpu,cpuacct:/\n")
     assert available_cores(affinity=set(range(16)), cgroup_root=v1, proc_cgroup=proc) == 4
     assert available_cores(affinity=set(range(2)), cgroup_root=v1, proc_cgroup=proc) == 2
+    # a nested v1 group (Slurm, systemd): the quota sits under the controller's folder at the group's path
+    nested = tmp_path / "v1n" / "cpu,cpuacct" / "slurm" / "job_7"
+    nested.mkdir(parents=True)
+    (nested / "cpu.cfs_quota_us").write_text("300000")
+    (nested / "cpu.cfs_period_us").write_text("100000")
+    proc.write_text("4:cpu,cpuacct:/slurm/job_7\n")
+    assert available_cores(affinity=set(range(16)), cgroup_root=tmp_path / "v1n", proc_cgroup=proc) == 3
 
 
 def test_cpu_parts_share_the_cores_among_the_parts_side_by_side():
@@ -151,12 +158,15 @@ def test_the_ray_executor_limits_packed_gpu_parts_and_keeps_cpu_parts_on_the_cpu
         import itertools
 
         ex._tokens = itertools.count()
-        ex.gpus, ex.cpus, ex.node_cpus = 0.5, 4, 16
+        ex.gpus, ex.cpus, ex.node_cpus, ex.may_take_all = 0.5, 4, 16, True
         ex.submit("k", PartSpec(Config(), "r", 0, ("a",), 0, 10), None)
         assert sent[-1].gpu_share == 0.5 and sent[-2] == {"num_cpus": 4, "num_gpus": 0.5, "max_retries": 0}
         ex.gpus, ex.cpus = 0.0, 1
         ex.submit("k2", PartSpec(Config(device="mps"), "r", 1, ("a",), 0, 10), None, alone=True)
         assert sent[-1].cfg.device == "cpu" and sent[-1].cfg.threads == 16 and sent[-2]["num_cpus"] == 16
+        ex.may_take_all = False  # --cpus-per-fold N, or a tuning trial's one-slot executor: alone keeps its share
+        ex.submit("k3", PartSpec(Config(), "r", 2, ("a",), 0, 10), None, alone=True)
+        assert sent[-1].cfg.threads == 1 and sent[-2]["num_cpus"] == 1
     finally:
         ray_module._run_part = real
 

@@ -221,10 +221,11 @@ def test_auto_dry_run_probes_every_slot_at_once_and_prints_the_slots(tmp_path, d
 
 
 def _raises(spec, payload, device_name="", node=""):
-    """A part that raises inside its worker."""
+    """A part that raises inside its worker, after a warning on stderr."""
     def deep():
         raise ValueError(f"bad rows in part {spec.part}")
 
+    print(f"UserWarning: part {spec.part} has odd rows", file=sys.stderr)
     deep()
 
 
@@ -246,6 +247,9 @@ def test_a_part_that_raises_reports_its_own_remote_traceback(tmp_path):
     assert "failed: a fold 0: ValueError: bad rows in part 0" in text and "failed: a fold 1: ValueError" in text
     assert "ray::_run_part()" in text and "in deep" in text and "in _raises" in text and "\x1b" not in text, text
     assert "in deep" in a.run.log_path.read_text()
+    # what the worker wrote to stderr came too, prefixed by its run and part
+    assert "a fold 0 stderr: UserWarning: part 0 has odd rows" in text
+    assert "a fold 1 stderr: UserWarning: part 1 has odd rows" in a.run.log_path.read_text()
 
 
 def test_auto_on_a_cluster_checks_the_nodes_before_it_probes(tmp_path, demo_dir, tiny_bert):

@@ -76,7 +76,7 @@ def test_a_driver_failure_writing_one_result_fails_that_run_only(tmp_path, monke
     assert a.run.fold_record(0) is not None and a.run.fold_record(1) is None
     with a.run.fold_lock(1) as got:
         assert got, "the failed part's lock is still held"
-    assert info.value is not None
+    assert info.value.errno == 28
     assert any(line.startswith("failed: a fold 1: OSError") for line in lines), lines
     assert "failed: a fold 1: OSError" in a.run.log_path.read_text()
 
@@ -209,3 +209,99 @@ def test_a_runs_last_part_is_submitted_alone(tmp_path):
     ex = ScriptedExecutor([[("a", 0, "done", None), ("a", 1, "done", None)], [("a", REFIT, "done", None)]])
     run_jobs([a], ex, lambda m: None)
     assert ex.alone == [False, False, True] and a.run.fold_record(REFIT) is not None
+
+
+def test_a_part_that_cannot_be_started_fails_that_run_only(tmp_path):
+    # a corrupt completion record of b's fold 0 (the driver reads it before it claims the part): b fails, a goes on
+    a, b = fake_job(tmp_path, "a"), fake_job(tmp_path, "b")
+    b.run.fold_dir(0).mkdir(parents=True)
+    (b.run.fold_dir(0) / "done.json").write_text("{not json")
+    ex = ScriptedExecutor([[("a", 0, "done", None), ("a", 1, "done", None)], [("b", 1, "done", None)]], slots=3)
+    lines, log = _lines()
+    with pytest.raises(Exception, match="done.json"):
+        run_jobs([a, b], ex, log)
+    assert not ex.cancelled and a.outcome.complete and b.outcome.failed == [0]
+    assert any(line.startswith("b fold 0: the driver could not start it") for line in lines), lines
+
+
+def test_the_runtime_lost_while_submitting_is_the_same_one_line(tmp_path):
+    class LostOnSubmit(ScriptedExecutor):
+        def submit(self, key, spec, payload, *, alone=False):
+            if spec.part == 1:
+                raise RuntimeLost("the Ray runtime was lost: the cluster's head (10.0.0.1:6379) cannot be reached")
+            super().submit(key, spec, payload, alone=alone)
+
+    a = fake_job(tmp_path, "a")
+    ex = LostOnSubmit([[("a", 0, "done", None)]], slots=1)
+    with pytest.raises(RuntimeLost, match=r"^the Ray runtime was lost: the cluster's head .*; 1 part\(s\) completed "
+                                          r"in this call and kept \(a fold 0\), 1 not complete; the same command"):
+        run_jobs([a], ex, lambda m: None)
+
+
+def test_a_callback_that_raises_never_stops_a_part(tmp_path):
+    # the driver's output failing on a worker's line (a closed pipe) loses that line, not the part
+    a = fake_job(tmp_path, "a")
+    ex = ScriptedExecutor([[("a", 0, "done", None)], [("a", 1, "done", None)]])
+    ex.lines[("a", 0)] = ["a fold 0 epoch 1: loss 1.0000 (0s)"]
+
+    def log(line):
+        if line.startswith("a fold 0 epoch 1:") or ": started on cpu" in line:  # the worker's lines only
+            raise BrokenPipeError(32, "Broken pipe")
+
+    run_jobs([a], ex, log)
+    assert a.outcome.complete and not ex.cancelled
+
+
+def test_a_retry_asks_the_budget_hook_and_a_stopped_run_is_not_retried(tmp_path):
+    asked = []
+
+    def before_part(cfg, run, part):
+        asked.append((run, part))
+        if len(asked) > 2:  # the retry of a fold 0 would not fit
+            raise Stop("fold 0 would not finish inside the budget")
+
+    a = fake_job(tmp_path, "a")
+    ex = ScriptedExecutor([[("a", 0, "died", None)], [("a", 1, "done", None)]])
+    lines, log = _lines()
+    with pytest.raises(Stop, match="would not finish"):
+        run_jobs([a], ex, log, before_part=before_part)
+    assert asked == [("a", 0), ("a", 1), ("a", 0)] and ("a", 0, 2) not in ex.submitted
+    # a run stopped by its own failure: its dying part is not retried
+    b = fake_job(tmp_path, "b", folds=3)
+    ex = ScriptedExecutor([[("b", 0, "error", TrainingError("loss is nan"))], [("b", 1, "died", None)]], slots=2)
+    lines, log = _lines()
+    with pytest.raises(TrainingError):
+        run_jobs([b], ex, log)
+    assert ("b", 1, 2) not in ex.submitted
+    assert any("b fold 1: its worker died 1 time(s)" in line and "not retried: its run has stopped" in line
+               for line in lines), lines
+
+
+def test_the_budget_hook_is_not_asked_about_complete_parts(tmp_path):
+    # a resume where only the refit is missing: the folds cost nothing, the refit is asked about (and trained)
+    def no_refit(cfg, run, part):
+        if part == REFIT:
+            raise Stop("no time")
+
+    a = fake_job(tmp_path, "a", refit=True)
+    with pytest.raises(Stop):
+        run_jobs([a], ScriptedExecutor([[("a", 0, "done", None), ("a", 1, "done", None)]]), lambda m: None,
+                 before_part=no_refit)
+    assert a.run.oof_path.exists() and a.run.fold_record(REFIT) is None
+    again = fake_job(tmp_path, "a", refit=True)
+    asked = []
+    run_jobs([again], ScriptedExecutor([[("a", REFIT, "done", None)]]), lambda m: None,
+             before_part=lambda cfg, run, part: asked.append(part))
+    assert asked == [REFIT] and again.run.fold_record(REFIT) is not None
+
+
+def test_ctrl_c_still_reports_the_failures_before_it(tmp_path):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    a = fake_job(tmp_path, "a", folds=3)
+    ex = ScriptedExecutor([[("a", 0, "error", TrainingError("loss is nan"))], interrupt], slots=3)
+    lines, log = _lines()
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs([a], ex, log)
+    assert "failed: a fold 0: TrainingError: loss is nan" in lines and ex.cancelled
