@@ -162,6 +162,8 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
     workdir = Path(settings.workdir)
     base = settings.base
     data = load_data(base, workdir, log)
+    said = set(data.lines)
+    log = _once(log, said)  # each run reads the files again: what was said about them is said once per command
     for metric in (base.metric, _blend_metric(settings, data)):  # defined on these labels? refused before training
         metric_fn(metric, data.train.label_names, base.no_relation or None)
     if data.test is None and base.refit:  # a refit only predicts the test file
@@ -323,6 +325,11 @@ def _budget_guard(settings: AutoSettings, size: Size, speed: Speed, plan: Plan, 
                                 f"{max(left, 0.0) / 60:.1f} min left); completed parts are kept for a larger --budget")
 
     return guard
+
+
+def _once(log: Callable[[str], None], said: set[str]) -> Callable[[str], None]:
+    """``log`` without the lines in ``said`` (the data files' summaries and notes, said once already)."""
+    return lambda line: None if line in said else log(line)
 
 
 def _without_refits(workdir: Path, cands: list[Candidate], run_name, settings: AutoSettings, log) -> list[str]:

@@ -30,6 +30,8 @@ class LoadedData:
 
     train: Dataset
     test: Dataset | None
+    #: the lines said about the files (repairs, lists written, each file's summary), in the order said
+    lines: tuple[str, ...] = ()
 
 
 def demo_paths(workdir: str | Path) -> tuple[Path, Path]:
@@ -155,10 +157,8 @@ def load_data(cfg: Config, workdir: str | Path, log: Callable[[str], None] = pri
             if train.label_names.index(ex.label) not in seen:
                 problems.add(ex.row, "label", ex.label, "a label that occurs in the training data", "label not in training data")
         problems.raise_if_any()
-    for ds in (train, test):
-        for note in data_notes(ds, write_lists(ds, workdir)) if ds is not None else []:
-            log(note)
-    log(dataset_summary(train))
-    if test is not None:
-        log(dataset_summary(test))
-    return LoadedData(train, test)
+    lines = [note for ds in (train, test) if ds is not None for note in data_notes(ds, write_lists(ds, workdir))]
+    lines += [dataset_summary(ds) for ds in (train, test) if ds is not None]
+    for line in lines:
+        log(line)
+    return LoadedData(train, test, tuple(lines))

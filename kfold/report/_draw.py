@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -51,7 +53,7 @@ def cjk_font() -> str | None:
 
     if first() is None:
         known = {f.fname for f in manager.ttflist}
-        for path in font_manager.findSystemFonts():
+        for path in packaged_fonts() + font_manager.findSystemFonts():
             if path not in known and any(part in Path(path).name.lower() for part in _CJK_FILES):
                 try:
                     manager.addfont(path)
@@ -60,11 +62,23 @@ def cjk_font() -> str | None:
     return first()
 
 
+def packaged_fonts() -> list[str]:
+    """NanumGothic's TTF files shipped by the ``koreanize-matplotlib`` package (the report extra), found without
+    importing it: importing it would change matplotlib's global settings. Empty when it is not installed."""
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec is None or not spec.origin:
+        return []
+    return [str(p) for p in sorted((Path(spec.origin).parent / "fonts").glob("NanumGothic*.ttf"))]
+
+
 def _png(fig, tight: bool = True) -> bytes:
     """PNG bytes; ``tight`` crops to the drawn area, which draws the figure twice (figures with a fixed layout,
     drawn many times per page, skip it)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight" if tight else None)
+    with warnings.catch_warnings():
+        # one warning per missing glyph and chart otherwise; the page says once when no font has the glyphs
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight" if tight else None)
     _plt().close(fig)
     return buf.getvalue()
 

@@ -285,3 +285,6 @@ def test_a_run_that_fails_in_a_batch_still_ends_with_a_file_from_the_others(demo
     assert any(line.startswith("stopped: a run failed (") and "loss is nan" in line for line in lines), lines
     assert res.path is not None and res.path.exists() and len(res.members) == 1
     assert res.members[0] == executor.finished[0][0]
+    # two runs each read the files again: each file's summary line is said once in the command
+    assert sum(" rows (labelled), " in line for line in lines) == 1, [l for l in lines if " rows (" in l]
+    assert sum(" rows (blind), " in line or "test.tsv: " in line for line in lines) == 1

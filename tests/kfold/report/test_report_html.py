@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -299,10 +300,43 @@ def test_no_font_notice_only_when_no_cjk_font_is_installed(fresh_font_lookup, mo
     manager = font_manager.fontManager
     monkeypatch.setattr(manager, "ttflist", [f for f in manager.ttflist if f.name not in draw.CJK_FONTS])
     monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
+    monkeypatch.setattr(draw, "packaged_fonts", lambda: [])  # nor the report extra's packaged font
     assert draw.cjk_font() is None
     _fake_store(tmp_path)
     assert main(["report", "--workdir", str(tmp_path), "--bootstrap", "50"]) == 0
     assert "Charts draw these label names as empty boxes" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_packaged_hangul_font_draws_korean_labels_without_a_system_font_or_a_warning(tmp_path):
+    # a fresh matplotlib cache (MPLCONFIGDIR) and no system font files: the report extra's NanumGothic is found,
+    # a Korean label resolves to it, and `kfold report` prints no per-glyph warning
+    import sys
+
+    pytest.importorskip("koreanize_matplotlib", reason="the report extra's font package is not installed")
+    _fake_store(tmp_path / "w")
+    script = f"""
+import warnings
+warnings.simplefilter("always")
+from matplotlib import font_manager
+font_manager.findSystemFonts = lambda *a, **k: []
+font_manager.fontManager.ttflist = [f for f in font_manager.fontManager.ttflist
+                                    if "nanum" not in f.fname.lower() and "cjk" not in f.fname.lower()]
+from kfold.report import _draw
+from kfold.cli import main
+name = _draw.cjk_font()
+print("FONT", name)
+_draw._plt()
+print("RESOLVED", font_manager.findfont(font_manager.FontProperties(family=name), fallback_to_default=False))
+raise SystemExit(main(["report", "--workdir", {str(tmp_path / "w")!r}, "--bootstrap", "50"]))
+"""
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FONT NanumGothic" in proc.stdout
+    resolved = next(line for line in proc.stdout.splitlines() if line.startswith("RESOLVED"))
+    assert "koreanize_matplotlib" in resolved and resolved.endswith("NanumGothic.ttf"), resolved
+    assert "Glyph" not in proc.stderr and "missing from font" not in proc.stderr, proc.stderr[-2000:]
+    assert "empty boxes" not in (tmp_path / "w" / "report" / "report.html").read_text(encoding="utf-8")
 
 
 def test_curves_show_whole_epochs_and_an_unscored_validation_chart_is_a_line_of_text(monkeypatch):
