@@ -18,6 +18,7 @@ _EXPORTS = {
     "check_marker": "._markers",
     "marker_tokens": "._markers",
     "entity_types": "._markers",
+    "add_marker_tokens": "._markers",
     # _tokenizer
     "BACKBONE_ALIASES": "._tokenizer",
     "resolve_backbone": "._tokenizer",

@@ -18,7 +18,7 @@ from kfold.data import Dataset
 
 from ._markers import Marked, mark
 
-CACHE_VERSION = "tok-v4"
+CACHE_VERSION = "tok-v5"
 #: Columns of ``Features.ent``: each entity's token range and start-marker token, then the token ranges of the
 #: other entity's markers inside it (overlapping spans; [0, 0) when there are none), which its pooling leaves out.
 ENT_COLUMNS = ("subj_start", "subj_end", "subj_marker", "obj_start", "obj_end", "obj_marker",
@@ -112,18 +112,59 @@ def _token_range(offsets: list, span: tuple[int, int]) -> tuple[int, int]:
     return hits[0], hits[-1] + 1
 
 
-def _tokens_within(offsets: list, span: tuple[int, int]) -> tuple[int, int]:
-    """Indices [first, last+1) of the tokens lying wholly inside ``span`` (a marker's characters), or (0, 0)."""
+def _stripped(text: str, a: int, b: int) -> tuple[int, int]:
+    """The characters [a, b) of ``text`` without their leading and trailing whitespace."""
+    piece = text[a:b]
+    return a + len(piece) - len(piece.lstrip()), b - len(piece) + len(piece.rstrip())
+
+
+def _tokens_within(offsets: list, span: tuple[int, int], text: str) -> tuple[int, int]:
+    """Indices [first, last+1) of the tokens lying inside ``span`` (a marker's characters), or (0, 0). A token's
+    whitespace does not count: SentencePiece's "▁#" spans the space before the marker too."""
     lo, hi = span
-    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a >= lo and b <= hi]
+    inner = [_stripped(text, a, b) for a, b in offsets]
+    hits = [i for i, (a, b) in enumerate(inner) if b > a and a >= lo and b <= hi]
     return (hits[0], hits[-1] + 1) if hits else (0, 0)
 
 
-def _start_token(offsets: list, pos: int, fallback: int) -> int:
-    """The token that carries the character at ``pos``: the last one covering it, so a SentencePiece
-    word-start piece ("▁") that shares the character's offsets is skipped."""
+def _start_token(offsets: list, tokens: list[str], pos: int, fallback: int) -> int:
+    """The token that carries the character at ``pos``: the first one covering it, skipping a bare SentencePiece
+    word-start piece ("▁") that shares the character's offsets (WordPiece's jamo of one Hangul syllable share
+    them too: the first is the syllable's start)."""
     hits = [i for i, (a, b) in enumerate(offsets) if a <= pos < b]
-    return hits[-1] if hits else fallback
+    return next((i for i in hits if tokens[i].strip("\u2581\u0120")), hits[-1] if hits else fallback)
+
+
+def _joined_edges(m: Marked, offsets: list) -> set[int]:
+    """The edges of ``m`` (:meth:`Marked.edges`) that one token straddles, with text of its own on both sides."""
+    text = m.text
+    return {q for q in m.edges() for a, b in offsets
+            if a < q < b and text[a:q].strip() and text[q:b].strip()}
+
+
+def _tokenize(tokenizer, marked: list[Marked]) -> tuple[list[Marked], list, list, list]:
+    """Token ids, offsets and token strings of each marked text, with every entity and marker kept apart from the
+    text beside it: where one token would hold characters from both sides of an edge (a SentencePiece piece such as
+    "▁#1" or "▁(@" joining a marker to the word it touches, or a word the entity starts inside, like "YouTube"
+    for the entity "Tube" without markers), that row alone is marked again with a space at that edge and
+    tokenised again. Rows without such a token are tokenised exactly as their marked text reads."""
+    # verbose=False: rows longer than the model maximum are cropped below, the library warning would mislead
+    kwargs = dict(add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    enc = tokenizer([m.text for m in marked], **kwargs)
+    ids, offs, tokens = list(enc["input_ids"]), list(enc["offset_mapping"]), [e.tokens for e in enc.encodings]
+    joined = {i: edges for i, m in enumerate(marked) if (edges := _joined_edges(m, offs[i]))}
+    if not joined:
+        return marked, ids, offs, tokens
+    marked = list(marked)
+    for i, edges in joined.items():
+        marked[i] = marked[i].spaced(edges)
+    again = tokenizer([marked[i].text for i in joined], **kwargs)
+    for n, i in enumerate(joined):
+        ids[i], offs[i], tokens[i] = again["input_ids"][n], again["offset_mapping"][n], again.encodings[n].tokens
+        if _joined_edges(marked[i], offs[i]):
+            raise ConfigError(f"tokenizer {type(tokenizer).__name__} joins text across a space in {marked[i].text!r}; "
+                              "entity positions need a tokenizer that splits at spaces")
+    return marked, ids, offs, tokens
 
 
 def encode(dataset: Dataset, tokenizer, marker: str, max_len: int, too_far: str = "two-windows") -> tuple[Features, int]:
@@ -143,6 +184,13 @@ def encode(dataset: Dataset, tokenizer, marker: str, max_len: int, too_far: str 
     (features, number of rows that lost tokens). A sentence longer than ``max_len`` is cropped to a
     window that keeps both marked entities whole; no row is ever dropped.
 
+    Entities and markers are kept apart from the text beside them: :func:`mark` separates a marker from its
+    entity by a space, and where the tokenizer would still make one token of characters from both sides of an
+    entity's edge or of a marker's outer side (XLM-R's SentencePiece has pieces such as "▁#1", "▁(@" and "&#";
+    without markers, "YouTube" is one piece for the entity "Tube"), that row is tokenised with a space at that
+    edge. So each entity's tokens spell exactly the entity and no token holds a marker and text; rows without
+    such a token are tokenised exactly as marked.
+
     Raises
     ------
     DataProblems listing every row whose entities cannot be kept (no tokens; too far apart with
@@ -161,12 +209,10 @@ def encode(dataset: Dataset, tokenizer, marker: str, max_len: int, too_far: str 
     if budget < 4:
         raise ConfigError(f"max_len {max_len} leaves {budget} tokens for the sentence; expected at least 4")
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else (suffix[0] if suffix else None)
-    marked: list[Marked] = [mark(ex, marker) for ex in dataset.examples]
-    # verbose=False: rows longer than the model maximum are cropped below, the library warning would mislead
-    enc = tokenizer([m.text for m in marked], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    marked, rows, row_offsets, row_tokens = _tokenize(tokenizer, [mark(ex, marker) for ex in dataset.examples])
     problems = ProblemList(dataset.path)
     all_ids, offsets_out, ents, crops, full = [], [0], [], [], []
-    for i, (m, ids, offs) in enumerate(zip(marked, enc["input_ids"], enc["offset_mapping"])):
+    for i, (m, ids, offs, tokens) in enumerate(zip(marked, rows, row_offsets, row_tokens)):
         ex = dataset.examples[i]
         s_body, s_whole = _token_range(offs, m.subj_body), _token_range(offs, m.subj_whole)
         o_body, o_whole = _token_range(offs, m.obj_body), _token_range(offs, m.obj_whole)
@@ -200,11 +246,11 @@ def encode(dataset: Dataset, tokenizer, marker: str, max_len: int, too_far: str 
 
         all_ids.append(np.asarray(prefix + [t for piece in pieces for t in piece] + suffix, dtype=np.int32))
         offsets_out.append(offsets_out[-1] + len(all_ids[-1]))
-        s_mark = _start_token(offs, m.subj_whole[0], s_whole[0])
-        o_mark = _start_token(offs, m.obj_whole[0], o_whole[0])
+        s_mark = _start_token(offs, tokens, m.subj_whole[0], s_whole[0])
+        o_mark = _start_token(offs, tokens, m.obj_whole[0], o_whole[0])
         skips = []  # the other entity's marker tokens inside each entity (overlapping spans), two ranges each
         for chars in (m.subj_skip, m.obj_skip):
-            for a, b in [_tokens_within(offs, c) for c in chars] + [(0, 0)] * (2 - len(chars)):
+            for a, b in [_tokens_within(offs, c, m.text) for c in chars] + [(0, 0)] * (2 - len(chars)):
                 skips += (place(a), place(b - 1) + 1) if b > a else (0, 0)
         ents.append((place(s_body[0]), place(s_body[1] - 1) + 1, place(s_mark),
                      place(o_body[0]), place(o_body[1] - 1) + 1, place(o_mark), *skips))

@@ -24,7 +24,8 @@ entity's text and cannot show two overlapping entities (the data layer refuses s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from kfold.core.config import MARKERS, TYPED_MARKERS
@@ -48,6 +49,26 @@ class Marked:
     obj_whole: tuple[int, int]
     subj_skip: tuple[tuple[int, int], ...] = ()
     obj_skip: tuple[tuple[int, int], ...] = ()
+
+    def edges(self) -> set[int]:
+        """Positions where an entity's text or a marker meets the text beside it: both ends of each entity's body
+        and of its whole (a marker's outer side), and of the other entity's markers inside it."""
+        spans = (self.subj_body, self.subj_whole, self.obj_body, self.obj_whole, *self.subj_skip, *self.obj_skip)
+        return {q for span in spans for q in span if 0 < q < len(self.text)}
+
+    def spaced(self, at: Iterable[int]) -> "Marked":
+        """This marking with a space inserted at each position in ``at``: a span that starts there starts after
+        the space, one that ends there ends before it, so the space lies outside both."""
+        at = sorted(set(at))
+        text = "".join(self.text[a:b] + (" " if b < len(self.text) else "")
+                       for a, b in zip([0] + at, at + [len(self.text)]))
+
+        def move(span: tuple[int, int]) -> tuple[int, int]:
+            return span[0] + bisect_right(at, span[0]), span[1] + bisect_left(at, span[1])
+
+        return replace(self, text=text, subj_body=move(self.subj_body), subj_whole=move(self.subj_whole),
+                       obj_body=move(self.obj_body), obj_whole=move(self.obj_whole),
+                       subj_skip=tuple(map(move, self.subj_skip)), obj_skip=tuple(map(move, self.obj_skip)))
 
 
 def check_marker(marker: str, has_types: bool, where: str = "the data") -> None:
@@ -84,6 +105,10 @@ def _affixes(marker: str, role: str, etype: str | None, text: str) -> tuple[str,
 
 def mark(example: Example, marker: str) -> Marked:
     """Insert the markers of ``marker`` around both entities, by position.
+
+    A space separates each marker from its entity, so a marker touches the sentence's text only on its outer side
+    (``대한민국@ 정부 @는`` for the entity ``정부``); where a tokenizer would join that side to the neighbouring
+    text in one token, :func:`kfold.encoding.encode` adds a space there too (:meth:`Marked.spaced`).
 
     Example
     -------
@@ -149,6 +174,19 @@ def marker_tokens(marker: str, types: Iterable[str | None]) -> list[str]:
     if marker == "entity_mask":
         return ["[SUBJ]", "[OBJ]"] + [f"[{name}-{t}]" for name in ("SUBJ", "OBJ") for t in types]
     return []
+
+
+def add_marker_tokens(tokenizer, tokens: Sequence[str]):
+    """Teach a built fast tokenizer the marker's special tokens (:func:`marker_tokens`), so none is ever split,
+    as ``load_tokenizer`` does for a backbone's; returns the tokenizer.
+
+    Example
+    -------
+    >>> tok = add_marker_tokens(tok, marker_tokens("entity_marker", []))  # doctest: +SKIP
+    """
+    if tokens:
+        tokenizer.add_tokens(list(tokens), special_tokens=True)
+    return tokenizer
 
 
 def entity_types(datasets: Sequence) -> list[str]:

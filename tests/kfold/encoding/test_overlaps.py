@@ -1,5 +1,7 @@
 """Overlapping subject and object spans (nested, crossing, identical): markers at their positions by the fixed
-rule, each entity pooled over its own tokens without the other entity's markers, entity swap by the same rule."""
+rule, each entity pooled over its own tokens without the other entity's markers, entity swap by the same rule;
+entities that start or end inside a word; all of it on the tiny tokenizers and on the real subword vocabularies
+(MiniLM's WordPiece, XLM-R's SentencePiece), whose pieces can join a marker's punctuation to the text beside it."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import torch
 from kfold.core.config import MARKERS
 from kfold.core.errors import ConfigError
 from kfold.data import Dataset, Example, Span, swap_entities
-from kfold.encoding import encode, mark, marker_tokens
+from kfold.encoding import TWO_WINDOWS, encode, mark, marker_tokens
+from tests.real_tokenizers import REAL_KINDS, marked_tokenizer, normalized
 from tests.tiny import KINDS, tiny_tokenizer
 
 SENT = "kim lee works at samsung"
@@ -38,10 +41,50 @@ EXPECTED = {
 OVERLAP_MARKERS = [m for m in MARKERS if m != "entity_mask"]
 
 
+def _ex(id_: str, sentence: str, subj: str, obj: str, subj_at: int = 0, obj_at: int = 0) -> Example:
+    """A row whose entities are the first occurrences of ``subj`` / ``obj`` at or after the given positions."""
+    s, o = sentence.index(subj, subj_at), sentence.index(obj, obj_at)
+    return Example(id_, sentence, Span(s, s + len(subj), "ORG"), Span(o, o + len(obj), "PER"), "x")
+
+
+#: entities that start or end inside a word, nested and crossing inside words, and markers whose punctuation XLM-R's
+#: SentencePiece vocabulary would join to the text beside it ("▁#1", "▁(@" are pieces of it)
+WORD_CASES = {
+    "ko inside word": _ex("w1", "대한민국정부는 삼성전자를 지원했다", "정부", "삼성전자"),
+    "ko word ending": _ex("w2", "삼성전자는 1969년에 설립되었다", "삼성전자", "1969년"),
+    "en hyphenated": _ex("w3", "the Mercedes-Benz plant in Alabama", "Benz", "Alabama"),
+    "en glued": _ex("w4", "YouTube hired Kim", "Tube", "Kim"),
+    "nested ko #1": _ex("w5", "K리그1 우승팀은 울산이다", "K리그1", "K리그"),
+    "crossing ko #1": _ex("w6", "K리그1 우승팀은 울산이다", "리그1 우승", "K리그"),
+    "nested en (@": _ex("w7", "Samsung (Kim) was there", "Kim", "Samsung (Kim)"),
+}
+#: mark() puts a space between a marker and its entity, so a marker touches text only on its outer side
+WORD_EXPECTED = {
+    ("ko inside word", "entity_marker_punct"): "대한민국@ 정부 @는 # 삼성전자 #를 지원했다",
+    ("ko word ending", "entity_marker_punct"): "@ 삼성전자 @는 # 1969년 #에 설립되었다",
+    ("en hyphenated", "entity_marker_punct"): "the Mercedes-@ Benz @ plant in # Alabama #",
+    ("en glued", "entity_marker_punct"): "You@ Tube @ hired # Kim #",
+    ("nested ko #1", "entity_marker_punct"): "@ # K리그 #1 @ 우승팀은 울산이다",
+    ("crossing ko #1", "entity_marker_punct"): "# K@ 리그 #1 우승 @팀은 울산이다",
+    ("nested en (@", "entity_marker_punct"): "# Samsung (@ Kim @) # was there",
+    ("ko inside word", "typed_entity_marker_punct"): "대한민국@ * ORG * 정부 @는 # ^ PER ^ 삼성전자 #를 지원했다",
+    ("crossing ko #1", "typed_entity_marker_punct"): "# ^ PER ^ K@ * ORG * 리그 #1 우승 @팀은 울산이다",
+    ("ko inside word", "entity_marker"): "대한민국[E1] 정부 [/E1]는 [E2] 삼성전자 [/E2]를 지원했다",
+    ("en glued", "typed_entity_marker"): "You<S:ORG> Tube </S:ORG> hired <O:PER> Kim </O:PER>",
+    ("en glued", "none"): "YouTube hired Kim",
+}
+
+
 @pytest.mark.parametrize("case,marker", sorted(EXPECTED))
 def test_markers_follow_the_rule_on_overlapping_spans(case, marker):
     m = mark(CASES[case], marker)
     assert m.text == EXPECTED[(case, marker)]
+
+
+@pytest.mark.parametrize("case,marker", sorted(WORD_EXPECTED))
+def test_markers_touch_text_only_on_their_outer_side(case, marker):
+    m = mark(WORD_CASES[case], marker)
+    assert m.text == WORD_EXPECTED[(case, marker)]
 
 
 @pytest.mark.parametrize("marker", OVERLAP_MARKERS)
@@ -61,10 +104,9 @@ def test_each_body_is_its_text_with_only_the_other_entitys_markers_inside(case, 
         assert " ".join("".join(kept).split()) == ex.sentence[span.start : span.end], (text, skip)
 
 
-def _encoded(kind: str, marker: str, examples):
-    tok = tiny_tokenizer(kind)
-    tok.add_tokens(marker_tokens(marker, ["PER", "ORG"]), special_tokens=True)
-    feats, _ = encode(Dataset("mem", list(examples), ("x", "y")), tok, marker, 64)
+def _encoded(kind: str, marker: str, examples, max_len: int = 64):
+    tok = marked_tokenizer(kind, marker_tokens(marker, ["PER", "ORG"]))
+    feats, _ = encode(Dataset("mem", list(examples), ("x", "y")), tok, marker, max_len)
     return tok, feats
 
 
@@ -90,23 +132,91 @@ def _pooled(feats, i: int, role: int) -> list[int]:
     return [t for t in range(start, end) if not (skips[0] <= t < skips[1] or skips[2] <= t < skips[3])]
 
 
-@pytest.mark.parametrize("marker", OVERLAP_MARKERS)
-@pytest.mark.parametrize("kind", KINDS)
-def test_pooled_tokens_spell_the_entity_and_hold_no_marker(kind, marker):
-    examples = list(CASES.values())
-    tok, feats = _encoded(kind, marker, examples)
+def _check_pooled(tok, feats, examples, marker: str) -> None:
+    """Each entity's pooled tokens spell the entity (no marker token inside, no piece of the text beside it), and
+    its start token is its marker's first symbol (without a marker: the entity's first piece)."""
     marker_ids = set(tok.convert_tokens_to_ids(marker_tokens(marker, ["PER", "ORG"])))
+    cont = getattr(tok.backend_tokenizer.model, "continuing_subword_prefix", None)  # WordPiece's "##"
     for i, ex in enumerate(examples):
         ids = feats.row(i)
-        for role, span in ((0, ex.subj), (1, ex.obj)):
+        m = mark(ex, marker)
+        for role, span, whole in ((0, ex.subj, m.subj_whole), (1, ex.obj, m.obj_whole)):
             pooled = _pooled(feats, i, role)
             assert not marker_ids & {int(ids[t]) for t in pooled}
-            spelled = tok.convert_tokens_to_string(tok.convert_ids_to_tokens([int(ids[t]) for t in pooled]))
-            # the entity's own characters, nothing else: a pooled punctuation marker (@, #, *, ^) or type name
-            # would show here (the entity texts hold none); only the tokenizers' spaces are ignored
-            strip = str.maketrans("", "", " \u2581\u0120")
-            assert spelled.translate(strip) == ex.sentence[span.start : span.end].translate(strip), \
-                (kind, marker, ex.id, role, spelled)
+            pieces = tok.convert_ids_to_tokens([int(ids[t]) for t in pooled])
+            if pieces and cont and pieces[0].startswith(cont):  # an entity that starts inside a WordPiece word
+                pieces[0] = pieces[0][len(cont) :]
+            spelled = tok.convert_tokens_to_string(pieces)
+            # the entity's own characters, nothing else: a pooled punctuation marker (@, #, *, ^), type name or
+            # piece of the neighbouring word would show here (the entity texts hold none); only the tokenizers'
+            # spaces and normalisation (MiniLM lower-cases and splits Hangul into jamo) are ignored
+            assert normalized(tok, spelled) == normalized(tok, ex.sentence[span.start : span.end]), \
+                (marker, ex.id, role, spelled)
+            start = int(feats.ent[i][3 * role + 2])
+            if marker == "none":
+                assert pooled[0] == start, (ex.id, role)
+            else:  # the start-marker token is the marker alone, not joined to the text before it
+                assert tok.decode([int(ids[start])]).strip() == m.text[whole[0] :].split()[0], (marker, ex.id, role)
+
+
+@pytest.mark.parametrize("marker", OVERLAP_MARKERS)
+@pytest.mark.parametrize("kind", KINDS + REAL_KINDS)
+def test_pooled_tokens_spell_the_entity_and_hold_no_marker(kind, marker):
+    # the word cases hold Hangul the tiny vocabularies lack; the real ones read them
+    examples = list(CASES.values()) + (list(WORD_CASES.values()) if kind in REAL_KINDS else [])
+    tok, feats = _encoded(kind, marker, examples)
+    _check_pooled(tok, feats, examples, marker)
+
+
+def test_spaced_puts_the_space_outside_the_spans_that_meet_there():
+    m = mark(WORD_CASES["nested ko #1"], "entity_marker_punct")  # "@ # K리그 #1 @ 우승팀은 울산이다"
+    spaced = m.spaced([m.obj_whole[1]])  # the object's closing "#" and the "1" after it
+    assert spaced.text == "@ # K리그 # 1 @ 우승팀은 울산이다"
+    text = spaced.text
+    assert text[slice(*spaced.obj_whole)] == "# K리그 #" and text[slice(*spaced.obj_body)] == "K리그"
+    assert text[slice(*spaced.subj_whole)] == "@ # K리그 # 1 @" and text[slice(*spaced.subj_body)] == "# K리그 # 1"
+    assert [text[a:b] for a, b in spaced.subj_skip] == ["# ", " #"]
+
+
+@pytest.mark.parametrize("kind", REAL_KINDS)
+def test_only_rows_with_a_joined_token_are_tokenised_apart(kind):
+    """XLM-R's "▁#1" and "▁(@" join a marker to its neighbour: those rows get a space there, every other row is
+    tokenised exactly as marked (MiniLM's WordPiece splits punctuation: it never joins a marker)."""
+    examples = list(CASES.values()) + list(WORD_CASES.values())
+    tok, feats = _encoded(kind, "entity_marker_punct", examples)
+    apart = {}
+    for i, ex in enumerate(examples):
+        as_marked = tok(mark(ex, "entity_marker_punct").text)["input_ids"]
+        if feats.row(i).tolist() != as_marked:
+            apart[ex.id] = tok.convert_ids_to_tokens(feats.row(i).tolist())
+    if kind == "minilm":
+        assert apart == {}
+    else:
+        assert apart == {
+            "w5": ["<s>", "▁@", "▁#", "▁K", "리그", "▁#", "▁1", "▁@", "▁우승", "팀", "은", "▁울산", "이다", "</s>"],
+            "w6": ["<s>", "▁#", "▁K", "@", "▁", "리그", "▁#", "▁1", "▁우승", "▁@", "팀", "은", "▁울산", "이다", "</s>"],
+            "w7": ["<s>", "▁#", "▁Samsung", "▁(", "▁@", "▁Kim", "▁@", ")", "▁#", "▁was", "▁there", "</s>"],
+        }
+
+
+KO_FILLER = "그 뒤로 회사는 반도체와 휴대전화와 가전제품을 만들며 여러 나라에 공장을 세우고 계속 성장했다. " * 4
+EN_FILLER = "over the following decades the company built factories in many countries and kept growing. " * 4
+#: entities further apart than max_len 48 in both real vocabularies: a window around each
+FAR_CASES = [
+    _ex("f1", f"대한민국정부는 {KO_FILLER}삼성전자를 지원했다", "정부", "삼성전자"),
+    _ex("f2", f"the Mercedes-Benz plant {EN_FILLER}in Alabama", "Benz", "Alabama"),
+    _ex("f3", f"Samsung (Kim) said {EN_FILLER}that K리그1 grew", "Kim", "K리그"),
+    _ex("f4", f"K리그1 우승팀은 {KO_FILLER}울산이다", "K리그1", "울산"),
+]
+
+
+@pytest.mark.parametrize("marker", OVERLAP_MARKERS)
+@pytest.mark.parametrize("kind", REAL_KINDS)
+def test_two_windows_on_real_vocabularies_pool_each_entity(kind, marker):
+    tok, feats = _encoded(kind, marker, FAR_CASES, max_len=48)
+    assert feats.crop.tolist() == [TWO_WINDOWS] * len(FAR_CASES)
+    assert feats.lengths.max() <= 48
+    _check_pooled(tok, feats, FAR_CASES, marker)
 
 
 def test_entity_mask_cannot_show_overlapping_entities():
@@ -114,18 +224,24 @@ def test_entity_mask_cannot_show_overlapping_entities():
         mark(NESTED, "entity_mask")
 
 
+#: the swapped readings marked by hand (entity_marker): the same rule, the roles exchanged, so the old object is [E1]
+SWAPPED = {
+    "nested": ("[E2] kim [E1] lee [/E1] [/E2] works at samsung", "lee"),  # the subject now inside the object
+    "crossing": ("[E2] samsung [E1] kim [/E2] lee [/E1]", "kim lee"),  # the object now opens first
+    "identical": ("[E1] [E2] kim [/E2] [/E1] works", "kim"),  # identical spans: the (new) subject opens first
+    "subject inside": ("[E1] kim [E2] lee [/E2] [/E1] works at samsung", "kim lee"),
+}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_entity_swap_applies_the_same_rule_to_the_swapped_reading(case):
     ds = Dataset("mem", [CASES[case]], ("x", "y"))
     swapped = swap_entities(ds, np.array([0, 1])).examples[0]
+    assert (swapped.subj, swapped.obj) == (CASES[case].obj, CASES[case].subj)
     m = mark(swapped, "entity_marker")
-    # the swapped reading is marked as if it had been read that way: the same rule, the roles exchanged
-    by_hand = Example(swapped.id, swapped.sentence, swapped.subj, swapped.obj)
-    assert m.text == mark(by_hand, "entity_marker").text
-    assert m.text[slice(*m.subj_body)].replace("[E2]", "").replace("[/E2]", "").split() == \
-        swapped.sentence[swapped.subj.start : swapped.subj.end].split()
-    if case == "identical":  # identical spans: the subject of the swapped reading (the old object) opens first
-        assert m.text.startswith("[E1] [E2] kim")
+    text, subject = SWAPPED[case]
+    assert m.text == text
+    assert m.text[slice(*m.subj_body)].replace("[E2]", "").replace("[/E2]", "").split() == subject.split()
 
 
 def test_every_variant_pools_its_entities_without_the_other_entitys_markers(monkeypatch, tiny_dir):
