@@ -160,7 +160,7 @@ def _leaderboard_format(cfg) -> str:
 def _cmd_auto(args) -> int:
     from ensemble import DEFAULT_TEST_SOURCE
     from kfold.auto import AutoSettings, command_line, parse_budget, run_auto
-    from kfold.core.config import load_config_file, make_config, overrides_from_args
+    from kfold.core.config import chosen_keys, load_config_file, make_config, overrides_from_args
 
     budget = parse_budget(args.budget)
     overrides = overrides_from_args(args, skip=("format",))
@@ -183,7 +183,8 @@ def _cmd_auto(args) -> int:
     settings = AutoSettings(base=base, budget=budget, fmt=fmt, out=args.out or "", workdir=args.workdir,
                             blend_metric=args.blend_metric, test_source=source, max_runs=args.max_runs,
                             fixed_folds=args.folds is not None or "folds" in (load_config_file(args.config) if args.config else {}),
-                            dry_run=args.dry_run, command=command_line())
+                            dry_run=args.dry_run, command=command_line(),
+                            backbone_chosen="backbone" in chosen_keys(args.config, overrides, args.preset))
     result = run_auto(settings, log=_log)
     if not args.dry_run:
         _log(f"done in {result.seconds / 60:.1f} min of the {budget / 60:.1f} min budget: {len(result.trained)} run(s) "

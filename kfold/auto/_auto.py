@@ -47,6 +47,9 @@ class AutoSettings:
     test_source: str = "folds"
     max_runs: int = 12
     fixed_folds: bool = False  # --folds given: auto does not choose k
+    #: the backbone was chosen (flag, preset or config key): kept; else auto takes the packaged backbone that reads
+    #: the training text best where the chosen one reads it badly (Korean on MiniLM)
+    backbone_chosen: bool = True
     dry_run: bool = False
     command: str = ""
 
@@ -164,6 +167,7 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
     data = load_data(base, workdir, log)
     said = set(data.lines)
     log = _once(log, said)  # each run reads the files again: what was said about them is said once per command
+    base = _backbone_for(settings, base, data, log)
     for metric in (base.metric, _blend_metric(settings, data)):  # defined on these labels? refused before training
         metric_fn(metric, data.train.label_names, base.no_relation or None)
     if data.test is None and base.refit:  # a refit only predicts the test file
@@ -325,6 +329,20 @@ def _budget_guard(settings: AutoSettings, size: Size, speed: Speed, plan: Plan, 
                                 f"{max(left, 0.0) / 60:.1f} min left); completed parts are kept for a larger --budget")
 
     return guard
+
+
+def _backbone_for(settings: AutoSettings, base: Config, data, log) -> Config:
+    """The base config with the backbone the runs use: a chosen one is kept (with a note when it reads the text
+    badly); an unchosen default that reads it badly gives way to the packaged backbone that reads it best."""
+    from kfold.encoding import backbone_reading
+
+    notice, better = backbone_reading([ex.sentence for ex in data.train.examples], base.backbone)
+    if notice:
+        log(notice)
+    if better and not settings.backbone_chosen:
+        log(f"no backbone chosen: the runs use {better}, which reads this text best (--backbone to choose)")
+        return base.replace(backbone=better)
+    return base
 
 
 def _once(log: Callable[[str], None], said: set[str]) -> Callable[[str], None]:

@@ -34,6 +34,7 @@ _EXPORTS = {
     "write_atomic": ".textio",
     "write_text_atomic": ".textio",
     "write_json_atomic": ".textio",
+    "file_lock": ".textio",
     # config
     "Config": ".config",
     "CHOICES": ".config",

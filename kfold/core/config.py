@@ -292,6 +292,15 @@ def make_config(file: str | Path | None = None, overrides: Mapping[str, Any] | N
     return Config(**values)
 
 
+def chosen_keys(file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                preset: str | None = None) -> set[str]:
+    """The keys the user chose (in the preset, the config file or on the command line), as :func:`make_config`
+    reads them: a default is not a choice."""
+    keys = set(load_config_file(preset_path(preset))) if preset else set()
+    keys |= set(load_config_file(file)) if file else set()
+    return keys | {k for k, v in (overrides or {}).items() if v is not None}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
     """Add one ``--flag`` per Config field (default None, so the config file's value stays unless given),
     with its one-line help, in the groups of ``kfold.core.helptext.GROUPS``; ``only``: just these fields."""

@@ -19,9 +19,7 @@ gold labels and folds, plus the fold map hash. An ensembler needs nothing else.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import StoreError
-from .textio import read_json, write_atomic, write_json_atomic
+from .textio import file_lock, read_json, write_atomic, write_json_atomic
 
 SCHEMA_VERSION = 1
 #: The part of a run trained on every training row after the folds (``kfold run --refit``).
@@ -233,27 +231,8 @@ class RunDir:
         so a killed run never leaves a stale lock behind.
         """
         d = self.fold_dir(fold)
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            fh = open(d / ".lock", "a+")
-        except OSError as exc:
-            raise StoreError(f"{d}: cannot write: {exc.strerror}") from None
-        try:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        finally:
-            fh.close()
+        with file_lock(d / ".lock", wait=False) as got:
+            yield got
 
 
 def list_runs(workdir: str | Path, pattern: str = "*") -> list[RunDir]:

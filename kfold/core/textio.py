@@ -1,8 +1,9 @@
-"""Reading text files strictly (UTF-8, BOM tolerated) and writing files atomically. Torch-free."""
+"""Reading text files strictly (UTF-8, BOM tolerated), writing files atomically, and file locks. Torch-free."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -75,6 +76,45 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive OS file lock (``flock``) on ``path`` (created if missing) for the block.
+
+    Yields True once the lock is held; with ``wait=False`` yields False at once when another process holds it.
+    The kernel releases the lock when its process dies, even by SIGKILL, so a killed process never leaves a
+    stale lock behind. The holder's process id is written into the file (for a person looking at it).
+
+    Raises StoreError when the lock file cannot be created.
+
+    Example::
+
+        with file_lock(cache / ".me5-small.lock"):
+            build_once()
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        fh.close()
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:

@@ -1,5 +1,6 @@
 """From validated rows to model inputs: entity markers inserted by character position, the backbone's fast
-tokenizer (and the packaged MiniLM alias), token features with entity positions, crops and two-window rows,
+tokenizer (and the short backbone names: the packaged MiniLM, and me5-small, built once per machine from the
+``multilingual`` extra into a cache folder), token features with entity positions, crops and two-window rows,
 the token cache, length-grouped batches with dynamic padding, and ``kfold check-data`` (which needs the
 tokenizer for token lengths).
 
@@ -19,9 +20,14 @@ _EXPORTS = {
     "marker_tokens": "._markers",
     "entity_types": "._markers",
     "add_marker_tokens": "._markers",
+    # _reading
+    "Reading": "._reading",
+    "reading": "._reading",
+    "backbone_reading": "._reading",
     # _tokenizer
     "BACKBONE_ALIASES": "._tokenizer",
     "resolve_backbone": "._tokenizer",
+    "built_backbone_hash": "._tokenizer",
     "backbone_slug": "._tokenizer",
     "load_tokenizer": "._tokenizer",
     "load_tokenizer_dir": "._tokenizer",

@@ -14,6 +14,8 @@ from kfold.core.config import Config
 from kfold.core.errors import DataProblems
 from kfold.data import Dataset, data_notes, read_settings, with_skip_hint, write_lists
 
+from ._reading import backbone_reading
+
 #: Problem lines shown on the screen before "and N more" (--all shows every one).
 SCREEN_LINES = 50
 
@@ -121,6 +123,9 @@ def check_data(path: str | Path, cfg: Config, *, role: str = "train", workdir: s
     if stats is not None:
         for line in stats.lines(ds, cfg.backbone, cfg.marker, limit):
             log(line)
+        notice, _ = backbone_reading([ex.sentence for ex in ds.examples], cfg.backbone)
+        if notice:
+            log(notice)
     skipped = len({s.row for s in ds.skipped})
     log(f"{path}: no problems" + (f" in the {len(ds)} rows kept ({skipped} left out by --bad-rows skip)" if skipped else ""))
     return 0

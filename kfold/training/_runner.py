@@ -15,8 +15,8 @@ from kfold.core.store import RunDir
 from kfold.core.textio import write_json_atomic
 from kfold.data import LoadedData, inverse_labels, list_path, load_data, swap_entities
 from kfold.core.store import REFIT
-from kfold.encoding import (Features, backbone_slug, check_marker, crop_note, encode_cached, entity_types,
-                            load_tokenizer, marker_tokens)
+from kfold.encoding import (Features, backbone_slug, built_backbone_hash, check_marker, crop_note, encode_cached,
+                            entity_types, load_tokenizer, marker_tokens)
 
 from ._choose import Work, choose_executor, part_row_epochs
 from ._folds import FoldMap, fold_map_for
@@ -57,8 +57,8 @@ def skipped_rows(ds) -> int:
     return len({s.row for s in ds.skipped})
 
 
-def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap) -> None:
-    """Refuse to mix a run folder's completed folds with other settings, data or folds."""
+def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap, backbone_hash: str) -> None:
+    """Refuse to mix a run folder's completed folds with other settings, data, folds or built backbone weights."""
     if not run.config_path.exists():
         return
     old = run.read_config()
@@ -74,6 +74,10 @@ def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap) -> 
     # rows left out by --bad-rows skip change the data (and so the fold map): say so, it is the likely reason
     why = (f" ({skipped_now} training rows left out by --bad-rows skip now, {skipped_then} when the run was made)"
            if skipped_now != skipped_then else "")
+    if old.get("backbone_hash", "") != backbone_hash:  # a backbone the toolkit built (me5-small), rebuilt otherwise
+        raise StoreError(f"{run.config_path}: field 'backbone_hash': the run was made with other weights of backbone "
+                         f"'{cfg.backbone}' (found {old.get('backbone_hash') or 'none'!r}, now {backbone_hash!r}); "
+                         "use another --workdir or --tag")
     for key, now in (("data_hash", data.train.content_hash()), ("fold_map_hash", fm.hash),
                      ("test_hash", data.test.content_hash() if data.test else "")):
         if old.get(key) != now:
@@ -158,7 +162,8 @@ def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, 
     if cfg.refit and data.test is None:  # refused before anything trains (it would fail after every fold)
         raise ConfigError("--refit trains one more model on every row to predict the test file; pass --test")
     run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag))
-    _check_identity(run, cfg, data, fm)
+    backbone_hash = built_backbone_hash(cfg.backbone) or ""  # built (once) by load_tokenizer above, so only read
+    _check_identity(run, cfg, data, fm, backbone_hash)
     wanted = list(range(cfg.folds)) if folds is None else list(folds)
     for fold in wanted:
         if not 0 <= fold < cfg.folds:
@@ -171,7 +176,7 @@ def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, 
         write_json_atomic(run.config_path, {
             "run": run.name, "config": cfg.to_dict(), "versions": environment(), "label_names": list(data.train.label_names),
             "data_hash": data.train.content_hash(), "test_hash": data.test.content_hash() if data.test else "",
-            "skipped_rows": skipped_rows(data.train),
+            "skipped_rows": skipped_rows(data.train), "backbone_hash": backbone_hash,
             "fold_map": {"path": fm.path, "hash": fm.hash, "k": fm.k, "seed": fm.seed, "group": fm.group},
             "fold_map_hash": fm.hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })

@@ -304,3 +304,19 @@ def test_refit_without_a_test_file_is_refused_before_any_fold_trains(tmp_path, d
     with pytest.raises(ConfigError, match="--refit trains one more model on every row to predict the test file; pass --test"):
         run_kfold(cfg, tmp_path, log=lambda m: None)
     assert not list(tmp_path.glob("runs/*/fold*/done.json"))
+
+
+def test_a_built_backbone_rebuilt_with_other_weights_is_other_weights(tmp_path, demo_dir, tiny_bert, monkeypatch):
+    # issue 37: the built folder's hash is part of the run's identity (config.json) and the resume check
+    import kfold.training._runner as runner
+
+    cfg = Config(backbone=tiny_bert, data=str(demo_dir / "train.tsv"), folds=2, epochs=1, cluster="none")
+    monkeypatch.setattr(runner, "built_backbone_hash", lambda name: "a" * 64)
+    first = run_kfold(cfg, tmp_path, folds=[0], log=lambda m: None)
+    assert first.run.read_config()["backbone_hash"] == "a" * 64
+    monkeypatch.setattr(runner, "built_backbone_hash", lambda name: "b" * 64)
+    with pytest.raises(StoreError, match=r"field 'backbone_hash': the run was made with other weights of backbone"):
+        run_kfold(cfg, tmp_path, log=lambda m: None)
+    monkeypatch.setattr(runner, "built_backbone_hash", lambda name: "a" * 64)
+    again = run_kfold(cfg, tmp_path, log=lambda m: None)  # the same weights: it resumes
+    assert again.complete and again.skipped == [0]
