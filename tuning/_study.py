@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import threading
 import time
@@ -28,6 +27,7 @@ import numpy as np
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError, RuntimeLost, ToolkitError
 from kfold.core.metrics import LOWER_IS_BETTER, METRICS, metric_fn
+from kfold.core.textio import file_lock
 
 PRUNERS = ("median", "wilcoxon", "none")
 DIRECTION = {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in METRICS}
@@ -181,13 +181,8 @@ def _check_or_store_settings(study, settings: StudySettings, base: Config, space
 @contextlib.contextmanager
 def _queue_lock(settings: StudySettings) -> Iterator[None]:
     """Serialise creating the study and topping up its queue between processes on this machine."""
-    path = Path(settings.workdir) / f".tuning-{settings.study}.lock"
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with file_lock(Path(settings.workdir) / f".tuning-{settings.study}.lock"):
+        yield
 
 
 def queue_trials(study, settings: StudySettings, n_trials: int) -> int:

@@ -6,6 +6,7 @@ packaged backbone that reads it better."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -85,7 +86,13 @@ def reading_notice(texts: Sequence[str], backbone: str, tokenizer, others: dict[
     return line, None
 
 
+@functools.lru_cache(maxsize=8)
+def _plain_tokenizer(backbone: str):
+    """A backbone's tokenizer without marker tokens, loaded once per process (reading only tokenizes)."""
+    return load_tokenizer(backbone, [])
+
+
 def backbone_reading(texts: Sequence[str], backbone: str) -> tuple[str | None, str | None]:
     """:func:`reading_notice` for ``backbone`` against the packaged backbones (``BACKBONE_ALIASES``)."""
-    others = {name: (lambda name=name: load_tokenizer(name, [])) for name in BACKBONE_ALIASES}
-    return reading_notice(texts, backbone, load_tokenizer(backbone, []), others)
+    others = {name: (lambda name=name: _plain_tokenizer(name)) for name in BACKBONE_ALIASES}
+    return reading_notice(texts, backbone, _plain_tokenizer(backbone), others)
