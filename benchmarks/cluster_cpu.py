@@ -46,7 +46,7 @@ def overheads(repeats: int = 3) -> None:
         @ray.remote(max_calls=1, num_cpus=1)
         def fresh() -> float:
             t = time.perf_counter()
-            import kfold.training._parts  # noqa: F401  torch, transformers and the training loop
+            from kfold.training import compute_part  # noqa: F401  torch, transformers and the training loop
 
             return time.perf_counter() - t
 
