@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first, pinned to the release served locally; the project itself declares torch>=2.3
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,tune,test,postgres,notebook,ray,multilingual]"
+	$(PY) -m pip install -q -e ".[train,tune,test,postgres,notebook,ray,multilingual,mlflow,tensorboard,wandb,dashboard]"
 	touch $@
 
 demo: venv

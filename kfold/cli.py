@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--open", action="store_true", help="open report.html in the default browser, when there is one")
     rep.add_argument("--curves", default="12", help="training curves drawn per fold map: the N best runs' (default 12), "
                      "or 'all'")
+    rep.add_argument("--to", default="", help="also send the runs to these trackers afterwards (mlflow, tensorboard, "
+                     "wandb; comma-separated): each run's config, its parts' epochs, OOF scores, summary.json and this "
+                     "report.html, reattaching to the tracker run a --report-to run made (its points are sent again)")
+    rep.add_argument("--mlflow-uri", default="", help="with --to mlflow: the tracking URI (default: "
+                     "MLFLOW_TRACKING_URI, else MLflow's local default)")
+    rep.add_argument("--wandb-project", default="rekfold", help="with --to wandb: the W&B project")
 
     pred = sub.add_parser("predict", help="predict a new test file with a run's saved fold models (--save-models)")
     pred.add_argument("run", help="run folder, e.g. runs/runs/split-minilm-s1")
@@ -194,6 +200,9 @@ def _cmd_auto(args) -> int:
 
 def _cmd_report(args) -> int:
     from kfold.report import build_report, incomplete_runs, write_report
+    from kfold.tracking import check_trackers
+
+    check_trackers(args.to)  # a missing tracker package is refused before the report is built
 
     tables = build_report(args.workdir, args.runs, args.metric, args.bootstrap, no_relation=args.no_relation)
     unfinished = incomplete_runs(args.workdir, args.runs)
@@ -208,12 +217,32 @@ def _cmd_report(args) -> int:
 
     page, suspects = build_html(args.workdir, tables, args.metric, out, curves=_curves_limit(args.curves), log=_log)
     _log(f"wrote {md}, {table_csv}" + (f", {suspects}" if suspects else "") + f" and {page}")
+    if args.to:
+        _send_report(args, page)
     if args.open:
         import webbrowser
 
         if not webbrowser.open(page.resolve().as_uri()):
             _log("no browser found; open the file above by hand")
     return 0
+
+
+def _send_report(args, page: Path) -> None:
+    """``kfold report --to``: the workdir's runs and the report page to the trackers."""
+    from kfold.core.store import list_runs
+    from kfold.tracking import open_trackers, upload_workdir
+
+    trackers = open_trackers(args.to, args.workdir, log=_log, mlflow_uri=args.mlflow_uri,
+                             wandb_project=args.wandb_project)
+    if trackers is None:
+        return
+    try:
+        sent = upload_workdir(trackers, args.workdir, list_runs(args.workdir, args.runs), [page])
+    finally:
+        trackers.close()
+    working = [b.name for b in trackers.backends if b.name not in trackers.failed]
+    if working:
+        _log(f"sent {sent} run(s) and {page.name} to {', '.join(working)}")
 
 
 def _curves_limit(value: str) -> int | None:

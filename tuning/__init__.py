@@ -18,6 +18,9 @@ _EXPORTS = {
     "open_study": "._study",
     "queue_trials": "._study",
     "search": "._study",
+    # _dashboard
+    "serve_dashboard": "._dashboard",
+    "dashboard_url": "._dashboard",
     # _views
     "best_config": "._views",
     "plot": "._views",

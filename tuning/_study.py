@@ -27,7 +27,7 @@ import numpy as np
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError, RuntimeLost, ToolkitError
 from kfold.core.metrics import LOWER_IS_BETTER, METRICS, metric_fn
-from kfold.core.textio import file_lock
+from kfold.core.textio import file_lock, read_json
 
 PRUNERS = ("median", "wilcoxon", "none")
 DIRECTION = {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in METRICS}
@@ -230,9 +230,10 @@ def search(base: Config, settings: StudySettings, space: dict, n_trials: int, ti
     # where trials train (a measured choice with --cluster auto on a CPU machine); entered at once, so a runtime
     # started here is shut down on every path
     placement = _trial_placement(base, settings, data, n_trials, log) if data is not None else None
-    with shared_executors(base, placement=placement, log=log) as (cluster_slots, make):
+    with shared_executors(base, placement=placement, log=log) as (cluster_slots, make), \
+            _study_trackers(base, settings, log, run_trial is None) as trackers:
         workers = slots or cluster_slots
-        trial_fn = run_trial or _kfold_trial(settings, make)
+        trial_fn = run_trial or _kfold_trial(settings, make, trackers)
         counts = [{"COMPLETE": 0, "PRUNED": 0, "FAIL": 0} for _ in range(workers)]
         started = time.monotonic()
         if workers == 1:
@@ -289,6 +290,7 @@ def _work(study, base: Config, settings: StudySettings, space: dict, run_trial: 
             state, value, reason = _run(trial, cfg, tag, run_trial, settings, base.folds)
         secs = time.monotonic() - t0
         trial.set_user_attr("seconds", round(secs, 1))
+        _run_attrs(trial, cfg, tag, settings)
         if state == "COMPLETE":
             study.tell(trial, value)
         elif state == "PRUNED":
@@ -325,6 +327,21 @@ def _trial_placement(base: Config, settings: StudySettings, data, n_trials: int,
                            data_hash=data.train.content_hash(), side_by_side=trials, log=log)
 
 
+def _run_attrs(trial, cfg: Config, tag: str, settings: StudySettings) -> None:
+    """The trial's run folder and its OOF scores as user attributes (optuna-dashboard shows them), when it has one."""
+    from kfold.training import run_name
+
+    folder = Path(settings.workdir) / "runs" / run_name(cfg, tag)
+    if not folder.is_dir():
+        return
+    trial.set_user_attr("run_folder", str(folder.resolve()))
+    summary = folder / "summary.json"
+    with contextlib.suppress(ToolkitError, OSError):
+        for key, value in (read_json(summary).get("oof", {}) if summary.exists() else {}).items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                trial.set_user_attr(f"oof_{key}", round(float(value), 4))
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -338,6 +355,7 @@ def _run(trial, cfg: Config, tag: str, run_trial: Callable, settings: StudySetti
         value = _fold_value(record, settings.metric)
         scores.append(value)
         trial.set_user_attr("folds_done", len(scores))
+        trial.set_user_attr(f"fold{fold}_{settings.metric}", round(value, 4))
         # Wilcoxon compares per-fold scores across trials; the median pruner a running mean (smoother)
         trial.report(value if settings.pruner == "wilcoxon" else float(np.mean(scores)), fold)
         if trial.should_prune():
@@ -363,16 +381,36 @@ def _fold_value(record: dict, metric: str) -> float:
     return float(record["metrics"][metric])
 
 
-def _kfold_trial(settings: StudySettings, make_executor: Callable) -> Callable:
+@contextlib.contextmanager
+def _study_trackers(base: Config, settings: StudySettings, log: Callable[[str], None], real: bool):
+    """The trackers of ``--report-to`` for the study's trials (one tracker run per trial), closed at the end."""
+    if not (real and base.report_to):
+        yield None
+        return
+    from kfold.tracking import open_trackers
+
+    trackers = open_trackers(base.report_to, settings.workdir, log=log, mlflow_uri=base.mlflow_uri,
+                             wandb_project=base.wandb_project)
+    try:
+        yield trackers
+    finally:
+        if trackers:
+            trackers.close()
+
+
+def _kfold_trial(settings: StudySettings, make_executor: Callable, trackers=None) -> Callable:
     """The real trial: a k-fold run in the study's workdir, on an executor of its own (one slot of the cluster);
-    its score is the OOF metric."""
+    its score is the OOF metric. With trackers, the trial is one tracker run tagged with the study and the trial
+    number (the tag's ``-t<n>``)."""
 
     def run(cfg: Config, tag: str, on_fold) -> float:
         from kfold.training import run_kfold
 
         executor = make_executor()
+        tags = {"optuna.study": settings.study, "optuna.trial": tag.rsplit("-t", 1)[-1]}
         try:
-            out = run_kfold(cfg, settings.workdir, tag=tag, on_fold=on_fold, log=lambda m: None, executor=executor)
+            out = run_kfold(cfg, settings.workdir, tag=tag, on_fold=on_fold, log=lambda m: None, executor=executor,
+                            trackers=trackers, tracker_tags=tags)
         finally:
             executor.close()
         if not out.complete:

@@ -1,4 +1,4 @@
-"""The ``tuning`` command: search, best, show, plot."""
+"""The ``tuning`` command: search, best, show, plot, dashboard."""
 
 from __future__ import annotations
 
@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="history, parameter importance and intermediate values as PNG")
     study_args(pl)
     pl.add_argument("--out", default=None, help="folder (default: WORKDIR/plots)")
+
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage until Ctrl-C (trials show "
+                       "their run folder, fold and OOF scores)")
+    study_args(d)
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; 0.0.0.0 "
+                   "serves every network the machine is on)")
+    d.add_argument("--port", type=int, default=8080, help="port to listen on")
     return ap
 
 
@@ -106,10 +113,21 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_dashboard(args) -> int:
+    from ._dashboard import serve_dashboard
+
+    try:
+        serve_dashboard(_settings(args), args.host, args.port, log=_log)
+    except KeyboardInterrupt:  # the way a dashboard is stopped
+        _log("dashboard stopped")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tuning``; returns the exit status (2 for bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    commands = {"search": _cmd_search, "best": _cmd_best, "show": _cmd_show, "plot": _cmd_plot}
+    commands = {"search": _cmd_search, "best": _cmd_best, "show": _cmd_show, "plot": _cmd_plot,
+                "dashboard": _cmd_dashboard}
     return run_command("tuning", commands[args.command], args, "finished trials are stored, rerun the same command to resume")
 
 

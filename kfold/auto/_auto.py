@@ -23,6 +23,7 @@ from kfold.core.textio import read_json, write_json_atomic
 from kfold.data import load_data
 from kfold.training import Speed
 
+from ._track import auto_trackers, kept, track_auto
 from ._plan import (FILL, MIN_EPOCHS, Candidate, Plan, Size, candidates, choose_shape, fillers, fold_seconds,
                     make_plan, makespan, refit_seconds, run_parts, versions)
 
@@ -65,6 +66,8 @@ class AutoResult:
     path: Path | None = None
     manifest: dict = field(default_factory=dict)
     seconds: float = 0.0
+    metric: str = ""
+    honest: float = float("nan")  # the chosen blend's honest OOF score
 
 
 def parse_budget(text: str) -> float:
@@ -159,9 +162,24 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
     for tests. Returns what was done. Raises DataProblems, ConfigError (budget too small, nothing finished),
     StoreError.
     """
+    t0 = clock()
+    trackers = auto_trackers(settings, log)  # a missing tracker package is refused before anything else
+    lines: list[str] = []
+    if trackers:
+        log = kept(log, lines)
+    result = None
+    try:
+        result = _auto(settings, clock, train, probe, log, executor, trackers, t0)
+    finally:
+        if trackers:
+            track_auto(trackers, settings, result, lines)
+    return result
+
+
+def _auto(settings: AutoSettings, clock, train, probe, log, executor, trackers, t0: float) -> AutoResult:
+    """:func:`run_auto` once its trackers are open."""
     from kfold.training import run_kfold, run_many, run_name
 
-    t0 = clock()
     workdir = Path(settings.workdir)
     base = settings.base
     data = load_data(base, workdir, log)
@@ -186,9 +204,9 @@ def run_auto(settings: AutoSettings, *, clock: Callable[[], float] = time.monoto
             executor.check([base.backbone])  # a cluster's nodes (versions, backbone) before the probe runs on them
         return _loop(settings, base, data, size, executor, placement, clock, t0,
                      train or (lambda cfg, wd, log, before_part: run_kfold(cfg, wd, log=log, before_part=before_part,
-                                                                           executor=executor)),
+                                                                           executor=executor, trackers=trackers)),
                      lambda cfgs, wd, log, before_part: run_many(cfgs, wd, log=log, before_part=before_part,
-                                                                 executor=executor),
+                                                                 executor=executor, trackers=trackers),
                      probe, log, run_name)
     finally:
         if own and executor is not None:
@@ -380,7 +398,7 @@ def _blend(settings: AutoSettings, data, members: list[str], result: AutoResult,
     results = compare_methods(lambda name: make_blender(name, label_names=list(m.label_names)), methods, m.names, m.oof,
                               m.y, m.folds, metric, m.label_names)
     chosen = next(r for r in results if r.method == choose_method({r.method: r.scores.honest for r in results}, metric))
-    result.method = chosen.method
+    result.method, result.metric, result.honest = chosen.method, metric, chosen.scores.honest
     width = max(len(x) for x in members)
     log("")
     shown = metric_name(metric, chosen.scores.auprc_over)

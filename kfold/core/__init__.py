@@ -49,6 +49,8 @@ _EXPORTS = {
     "list_presets": ".config",
     "preset_path": ".config",
     "PRESET_DIR": ".config",
+    "TRACKERS": ".config",
+    "tracker_names": ".config",
     # variants
     "Variant": ".variants",
     "register": ".variants",

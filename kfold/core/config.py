@@ -48,6 +48,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The trackers ``--report-to`` knows (kfold.tracking), each an optional extra of the same name.
+TRACKERS = ("mlflow", "tensorboard", "wandb")
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of one k-fold run (one variant x backbone x training seed)."""
@@ -143,6 +147,12 @@ class Config:
     save_models: bool = False
     # after the k folds, one more model on every training row predicts the test rows (runs/<run>/refit/)
     refit: bool = False
+    # trackers the driver sends each run to (kfold.tracking; runtime settings, never part of a run's name or
+    # identity): comma-separated names of TRACKERS, the MLflow tracking URI ("" = MLFLOW_TRACKING_URI, else
+    # MLflow's default local store) and the W&B project
+    report_to: str = ""
+    mlflow_uri: str = ""
+    wandb_project: str = "rekfold"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -188,6 +198,9 @@ class Config:
         for name in ("cpus_per_fold", "max_parallel", "retries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} = {getattr(self, name)}: expected 0 (auto / none) or a positive integer")
+        unknown = [n for n in tracker_names(self.report_to) if n not in TRACKERS]
+        if unknown:
+            raise unknown_name("--report-to tracker", unknown[0], TRACKERS)
         if self.lr <= 0 or self.head_lr < 0:
             raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
 
@@ -202,6 +215,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def tracker_names(report_to: str) -> tuple[str, ...]:
+    """``"mlflow, wandb"`` -> ``("mlflow", "wandb")`` (order kept, repeats and ``none`` dropped)."""
+    names = (n.strip().lower() for n in report_to.split(","))
+    return tuple(dict.fromkeys(n for n in names if n and n != "none"))
 
 
 _FIELDS = {f.name: f for f in fields(Config)}

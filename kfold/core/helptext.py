@@ -6,7 +6,7 @@ Every field of :class:`kfold.Config` has an entry (a test checks it), so no flag
 from __future__ import annotations
 
 #: The order of the groups in --help.
-GROUPS = ("data", "folds", "model", "training", "speed", "cluster", "output")
+GROUPS = ("data", "folds", "model", "training", "speed", "cluster", "output", "trackers")
 
 #: field -> (group, one-line help)
 HELP: dict[str, tuple[str, str]] = {
@@ -90,4 +90,12 @@ HELP: dict[str, tuple[str, str]] = {
     # output
     "save_models": ("output", "keep each fold's model (for `kfold predict` on new test files)"),
     "refit": ("output", "after the folds, train one more model on all training rows to predict the test file"),
+    # trackers (runtime settings: never part of a run's name or identity)
+    "report_to": ("trackers", "send each run (config, per-epoch loss and validation scores per fold, OOF scores, "
+                              "summary.json) to these trackers: comma-separated mlflow, tensorboard, wandb (each the "
+                              "extra of that name); a failing tracker warns once, training goes on"),
+    "mlflow_uri": ("trackers", "MLflow tracking URI (empty = MLFLOW_TRACKING_URI, else MLflow's local default, "
+                               "./mlflow.db); the experiment is named after the workdir"),
+    "wandb_project": ("trackers", "W&B project; runs are grouped by workdir (WANDB_MODE=offline works without a "
+                                  "network)"),
 }

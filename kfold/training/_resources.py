@@ -33,6 +33,21 @@ class Speed:
         return self.alone_train_rows_per_s or self.train_rows_per_s
 
 
+class EpochLine(str):
+    """An epoch's log line that also carries its numbers (``entry``: the epoch's ``history`` record), so the driver
+    can send them to the trackers as the line arrives (over the worker-log channel, from a Ray worker too), before
+    the part ends. Everywhere else it is the plain line."""
+
+    entry: dict
+
+
+def epoch_line(text: str, entry: dict) -> EpochLine:
+    """``text`` carrying ``entry`` (see :class:`EpochLine`)."""
+    line = EpochLine(text)
+    line.entry = dict(entry)
+    return line
+
+
 @dataclass
 class Event:
     """What happened to a submitted part: ``done`` (with its result), ``error`` (raised inside it, or an engine

@@ -15,6 +15,7 @@ from kfold.core.store import RunDir
 from kfold.core.textio import write_json_atomic
 from kfold.data import LoadedData, inverse_labels, list_path, load_data, swap_entities
 from kfold.core.store import REFIT
+from kfold.tracking import open_trackers, run_tags
 from kfold.encoding import (Features, backbone_slug, built_backbone_hash, check_marker, crop_note, encode_cached,
                             entity_types, load_tokenizer, marker_tokens)
 
@@ -30,10 +31,12 @@ from ._train import compute_line
 #: another way is other data, refused by the data hash, or is refused when read.)
 RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch",
                 "attn_implementation", "offsets", "repair_window", "too_far", "overlap", "bad_rows", "refit",
-                "epoch_scores", "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries")
-#: The runtime keys that only say where and how fast parts train (another worker of one study may differ in them).
+                "epoch_scores", "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries",
+                "report_to", "mlflow_uri", "wandb_project")
+#: The runtime keys that only say where and how fast parts train, or where they are reported (another worker of one study may differ in them).
 PLACEMENT_KEYS = ("threads", "save_models", "eval_batch_size", "device", "auto_micro_batch", "attn_implementation",
-                  "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries")
+                  "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries", "report_to", "mlflow_uri",
+                  "wandb_project")
 #: Settings that name the run themselves, or belong to the data and fold map.
 NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "folds", "fold_seed", "group", "no_relation")
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
@@ -187,28 +190,52 @@ def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, 
 
 def run_many(cfgs: Sequence[Config], workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
              log: Callable[[str], None] = print, model_factory=None, on_fold: Callable[[int, dict], None] | None = None,
-             executor=None, before_part: Callable | None = None) -> list[RunOutcome]:
+             executor=None, before_part: Callable | None = None, trackers=None,
+             tracker_tags: dict[str, str] | None = None) -> list[RunOutcome]:
     """Train the missing parts of several runs (variants x backbones x seeds) in one queue: every slot of the
     executor stays busy across run boundaries, results are written as they arrive.
 
     ``executor``: where parts train (default: from the first config's ``cluster`` settings, see
     ``kfold.training._choose.choose_executor``: ``--cluster auto`` on a CPU machine times both arrangements on this
     data); closed here when made here. ``before_part(config, run name, part)``: called before each part is
-    submitted (what it raises stops the queue). Other parameters as :func:`run_kfold`.
+    submitted (what it raises stops the queue). ``trackers`` (:class:`kfold.tracking.Trackers`): where the runs
+    are reported (default: opened from the first config's ``report_to`` and closed here); ``tracker_tags``: extra
+    tags of their tracker runs (a tuning trial's number). Other parameters as :func:`run_kfold`.
     """
-    jobs = [prepare_job(cfg, workdir, folds=folds, tag=tag, log=log, on_fold=on_fold) for cfg in cfgs]
+    first = cfgs[0]
+    own_trackers = trackers is None and first.report_to  # a missing tracker package is refused before anything else
+    if own_trackers:
+        trackers = open_trackers(first.report_to, workdir, log=log, mlflow_uri=first.mlflow_uri,
+                                 wandb_project=first.wandb_project)
+    jobs: list[Job] = []
+    try:
+        jobs = [prepare_job(cfg, workdir, folds=folds, tag=tag, log=log, on_fold=on_fold) for cfg in cfgs]
+        if trackers:
+            for job in jobs:
+                trackers.open_run(job.run.root, job.run.name, job.cfg.to_dict(), run_tags(job.run, workdir, tracker_tags))
+        _run_jobs(jobs, workdir, log, model_factory, executor, before_part, trackers)
+    finally:
+        if trackers:
+            for job in jobs:
+                trackers.close_run(job.run.root)
+        if own_trackers and trackers:
+            trackers.close()
+    return [job.outcome for job in jobs]
+
+
+def _run_jobs(jobs: list[Job], workdir: str | Path, log: Callable[[str], None], model_factory, executor,
+              before_part: Callable | None, trackers) -> None:
     own = executor is None
     if own:
         executor = job_executor(jobs, workdir, log=log, model_factory=model_factory).executor
         if executor.slots > 1:
             log(f"parts: {executor.description}")
     try:
-        executor.check([cfg.backbone for cfg in cfgs])  # a cluster's nodes: same versions, backbones there
-        run_jobs(jobs, executor, log, before_part=before_part)
+        executor.check([job.cfg.backbone for job in jobs])  # a cluster's nodes: same versions, backbones there
+        run_jobs(jobs, executor, log, before_part=before_part, trackers=trackers)
     finally:
         if own:
             executor.close()
-    return [job.outcome for job in jobs]
 
 
 def job_executor(jobs: list[Job], workdir: str | Path, *, log: Callable[[str], None] = print, model_factory=None):
@@ -236,7 +263,7 @@ def job_executor(jobs: list[Job], workdir: str | Path, *, log: Callable[[str], N
 def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
               log: Callable[[str], None] = print, model_factory=None,
               on_fold: Callable[[int, dict], None] | None = None, executor=None,
-              before_part: Callable | None = None) -> RunOutcome:
+              before_part: Callable | None = None, trackers=None, tracker_tags: dict[str, str] | None = None) -> RunOutcome:
     """Train the folds of one run that are not complete yet, then assemble OOF and test logits.
 
     Parameters
@@ -248,7 +275,8 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     fold scores to its pruner this way; an exception raised there stops the run, completed folds stay).
     executor: where the parts train (default: made from ``cfg``, see :func:`run_many`; one given is not closed).
     before_part: called as ``before_part(config, run name, part)`` before each part is submitted (``kfold auto``'s budget guard;
-    what it raises stops the run, completed folds stay).
+    what it raises stops the run, completed folds stay). trackers, tracker_tags: where the run is reported
+    (default: ``cfg.report_to``), see :func:`run_many`.
 
     Returns
     -------
@@ -264,4 +292,4 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     >>> run_kfold(Config(variant="split", data="train.tsv"), "runs")  # doctest: +SKIP
     """
     return run_many([cfg], workdir, folds=folds, tag=tag, log=log, model_factory=model_factory, on_fold=on_fold,
-                    executor=executor, before_part=before_part)[0]
+                    executor=executor, before_part=before_part, trackers=trackers, tracker_tags=tracker_tags)[0]

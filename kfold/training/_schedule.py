@@ -38,6 +38,7 @@ from kfold.core.errors import RuntimeLost, StoreError, TrainingError
 from kfold.core.metrics import all_scores, softmax
 from kfold.core.store import REFIT, Predictions, RunDir, save_predictions
 from kfold.core.textio import write_json_atomic
+from kfold.tracking import log_assembled, log_epoch, log_part
 
 from ._parts import PartResult, PartSpec, RunPayload, part_indices
 
@@ -97,13 +98,16 @@ class _Running:
     spec: PartSpec
     lock: contextlib.ExitStack
     started: float = field(default_factory=time.monotonic)
+    sent: set = field(default_factory=set)  # epochs whose numbers went to the trackers as their lines arrived
 
 
 class _Driver:
     """The state of one ``run_jobs`` call (see the module docstring for its rules)."""
 
-    def __init__(self, jobs: list[Job], executor, log: Callable[[str], None], before_part: Callable | None):
+    def __init__(self, jobs: list[Job], executor, log: Callable[[str], None], before_part: Callable | None,
+                 trackers=None):
         self.jobs, self.executor, self.log, self.before_part = jobs, executor, log, before_part
+        self.trackers = trackers  # kfold.tracking.Trackers (or None): fed as parts are written, never waited for
         self.queue: list[tuple[Job, int | str]] = [(job, fold) for job in jobs for fold in job.folds]
         self.running: dict[int, _Running] = {}
         self.keys = iter(range(1 << 62))
@@ -134,6 +138,9 @@ class _Driver:
         entry = self.running.get(key)
         with contextlib.suppress(Exception):
             self.say(entry.job if entry else None, line)
+        if self.trackers and entry is not None and isinstance(getattr(line, "entry", None), dict):
+            with contextlib.suppress(Exception):  # only queues calls: a tracker never fails a part
+                entry.sent.add(log_epoch(self.trackers, entry.job.run, entry.spec.part, line.entry))
 
     def started(self, key, device: str, node: str) -> None:
         """A part started (the executor's ``on_start``); like worker lines, never stops a part."""
@@ -245,7 +252,7 @@ class _Driver:
         job, spec = entry.job, entry.spec
         if event.kind == "done":
             try:
-                record = self.write(job, spec, event.result)
+                record = self.write(job, spec, event.result, entry.sent)
             except Exception as exc:  # the driver could not write this part (a full disk): this run only
                 entry.lock.close()
                 self.fail(job, spec.part, exc, "", traceback.format_exc(), "the driver could not write it")
@@ -329,6 +336,9 @@ class _Driver:
             self.fail(job, "assembly", exc, "", traceback.format_exc(), "the OOF could not be assembled")
             return
         job.outcome.complete = True
+        if self.trackers:
+            with contextlib.suppress(Exception):  # only queues calls: a tracker never fails a run
+                log_assembled(self.trackers, job.run, job.outcome.oof_scores)
         if job.cfg.refit and data.test is not None and not job.stopped:
             self.queue.append((job, REFIT))
 
@@ -345,9 +355,9 @@ class _Driver:
             entry.lock.close()
         self.running.clear()
 
-    def write(self, job: Job, spec: PartSpec, result: PartResult) -> dict:
+    def write(self, job: Job, spec: PartSpec, result: PartResult, sent: set = frozenset()) -> dict:
         """The driver writes what a part returned: its logits, its model (``--save-models``), then its completion
-        record (last)."""
+        record (last); the trackers get the epochs not ``sent`` as their lines arrived."""
         names, fm, run = job.data.train.label_names, job.fm, job.run
         tr, va = part_indices(spec, job.payload)
         refit = spec.part == REFIT
@@ -360,6 +370,9 @@ class _Driver:
             save_model(run.fold_dir(spec.part) / "model", result.state_dict, job.tokenizer)
         record = {**result.record, "fold_map_hash": fm.hash}
         run.write_fold(spec.part, valid, test, record)
+        if self.trackers:
+            with contextlib.suppress(Exception):  # only queues calls: a tracker never fails a run
+                log_part(self.trackers, run, spec.part, record, sent)
         if result.log:  # lines the part kept instead of sending them as they were written
             self.keep(job, result.log)
         span = job.cfg.averaged_epochs()
@@ -419,16 +432,17 @@ class _Driver:
 
 
 def run_jobs(jobs: list[Job], executor, log: Callable[[str], None] = print, *,
-             before_part: Callable[[Config, str, int | str], None] | None = None) -> None:
+             before_part: Callable[[Config, str, int | str], None] | None = None, trackers=None) -> None:
     """Train every missing part of ``jobs`` through ``executor`` and write each result as it arrives; assemble
     each run's OOF once its folds are complete, then queue its refit (see the module docstring for stops and
     failures). ``before_part(config, run name, part)`` is called before a part is submitted; what it raises stops
-    the queue.
+    the queue. ``trackers`` (:class:`kfold.tracking.Trackers`): each written part's epoch history and each assembled
+    run's OOF scores are queued to them (the runs must have been opened there).
 
     Raises the part's own exception when one part failed, a TrainingError naming them when several did (or when a
     part's worker died more often than ``--retries``), what ``on_fold`` or ``before_part`` raised, or
     RuntimeLost (one line: what was lost and kept) when the executor's runtime is gone."""
-    _Driver(jobs, executor, log, before_part).run()
+    _Driver(jobs, executor, log, before_part, trackers).run()
 
 
 def _name(part: int | str) -> str:

@@ -25,6 +25,8 @@ from kfold.encoding import (Features, accumulation_steps, collate, find_micro_ba
 from kfold.model import (RelationLoss, RelationModel, class_weight_vector, enable_checkpointing, linear_schedule,
                          load_backbone, param_groups, rdrop_kl, weight_average)
 
+from ._resources import epoch_line
+
 
 @dataclass
 class FoldData:
@@ -365,7 +367,7 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         valid_logits, scores = evaluate(eval_model, f"epoch {epoch + 1}") if scored else (no_rows, {})
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
         shown = f" {format_scores(scores, auprc_over)}" if scores else ""
-        log(f"{where} epoch {epoch + 1}: loss {np.mean(losses):.4f}{shown} ({epoch_seconds:.0f}s)")
+        log(epoch_line(f"{where} epoch {epoch + 1}: loss {np.mean(losses):.4f}{shown} ({epoch_seconds:.0f}s)", history[-1]))
         if cfg.average_epochs:
             if epoch + 1 in averaged_epochs:
                 if epoch_average is None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,13 +148,23 @@ def test_a_changed_base_config_is_another_study(tmp_path):
 def test_real_kfold_trials_leave_oof_logits_in_the_store(tmp_path, demo_dir, tiny_bert, capsys):
     argv = ["search", "--study", "tiny", "--workdir", str(tmp_path), "--n-trials", "2", "--backbone", tiny_bert,
             "--data", str(demo_dir / "train.tsv"), "--folds", "2", "--epochs", "1", "--batch-size", "16",
-            "--sampler-seed", "0"]
+            "--sampler-seed", "0", "--report-to", "tensorboard"]
     assert tuning_main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("COMPLETE: accuracy") == 2
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert runs == ["split-bert-s1-tiny-t0", "split-bert-s1-tiny-t1"]
     assert all((tmp_path / "runs" / r / "oof.npz").exists() for r in runs)
+    # each trial: one tracker run, and its run folder and scores as user attributes (optuna-dashboard shows them)
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == runs
+    study = open_study(StudySettings(study="tiny", workdir=str(tmp_path)), create=False)
+    for trial in study.trials:
+        attrs = trial.user_attrs
+        folder = Path(attrs["run_folder"])
+        summary = json.loads((folder / "summary.json").read_text())
+        assert folder.name == f"split-bert-s1-tiny-t{trial.number}"
+        assert attrs["oof_accuracy"] == pytest.approx(summary["oof"]["accuracy"], abs=1e-4)
+        assert attrs["fold1_accuracy"] == pytest.approx(summary["folds"][1]["accuracy"], abs=1e-4)
     assert tuning_main(["best", "--study", "tiny", "--workdir", str(tmp_path)]) == 0
     assert tuning_main(["show", "--study", "tiny", "--workdir", str(tmp_path)]) == 0
     assert tuning_main(["plot", "--study", "tiny", "--workdir", str(tmp_path)]) == 0
@@ -235,7 +246,8 @@ def test_a_worker_with_other_runtime_settings_works_on_the_same_study(tmp_path):
     settings = _settings(tmp_path)
     base = Config(folds=2)
     search(base, settings, load_space(None), 1, run_trial=fake_trial(lambda c: 1.0), **QUIET)
-    other = base.replace(cluster="none", cpus_per_fold=2, threads=1, retries=0, max_parallel=1, gpus_per_fold=0.0)
+    other = base.replace(cluster="none", cpus_per_fold=2, threads=1, retries=0, max_parallel=1, gpus_per_fold=0.0,
+                         report_to="tensorboard", mlflow_uri="sqlite:///other.db", wandb_project="other")
     assert sum(search(other, settings, load_space(None), 2, run_trial=fake_trial(lambda c: 1.0), **QUIET).values()) == 1
     with pytest.raises(ConfigError, match=r"started with other settings \(label_smoothing\)"):
         search(base.replace(label_smoothing=0.0), settings, load_space(None), 3, run_trial=fake_trial(lambda c: 1.0),

@@ -288,3 +288,31 @@ def test_a_run_that_fails_in_a_batch_still_ends_with_a_file_from_the_others(demo
     # two runs each read the files again: each file's summary line is said once in the command
     assert sum(" rows (labelled), " in line for line in lines) == 1, [l for l in lines if " rows (" in l]
     assert sum(" rows (blind), " in line or "test.tsv: " in line for line in lines) == 1
+
+
+def test_auto_reports_its_runs_and_itself_to_the_trackers(demo_dir, tmp_path, tiny_bert, monkeypatch):
+    # --report-to: auto's runs go through the runner's trackers (one tracker run each), and auto is one more
+    # tracker run with its config, log (the plan and the chosen blend) and the blend's honest score
+    import kfold.tracking._backends as backends
+    from kfold.auto._plan import Size
+    from tests.kfold.tracking.test_trackers import Recorder
+
+    recorder = Recorder()
+    recorder.name = "tensorboard"
+    monkeypatch.setattr(backends, "make_backend", lambda *a: recorder)
+    clock = FakeClock()
+    size = Size(len(read_dataset(demo_dir / "train.tsv")), len(read_dataset(demo_dir / "test.tsv", role="test")))
+    settings = _settings(demo_dir, tmp_path, 3 * _one_run(demo_dir, 3))
+    settings.base = settings.base.replace(backbone=tiny_bert, folds=3, report_to="tensorboard")
+    settings.fixed_folds = True
+    lines: list[str] = []
+    res = run_auto(settings, clock=clock, probe=lambda cfg: SPEED, log=lines.append, executor=SlotsExecutor(clock, size, 1.0))
+    opened = [c[1] for c in recorder.calls if c[0] == "open"]
+    assert opened[0] == "kfold-auto" and set(res.trained) <= set(opened[1:]) and res.trained
+    ends = [c for c in recorder.calls if c[0] == "metrics" and c[1] == "kfold-auto"]
+    assert ends[0][2]["blend/honest_oof_accuracy"] == pytest.approx(res.honest) and ends[0][2]["blend/members"] == len(res.members)
+    assert ("artifact", "kfold-auto", "log.txt") in recorder.calls
+    log = (tmp_path / "w" / "auto" / "log.txt").read_text()
+    assert "plan (" in log and "chosen blend:" in log
+    assert any(c[0] == "metrics" and c[1] == res.trained[0] and "oof/accuracy" in c[2] for c in recorder.calls)
+    assert recorder.calls[-1][0] == "close"

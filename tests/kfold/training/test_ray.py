@@ -273,3 +273,20 @@ def test_auto_on_a_cluster_checks_the_nodes_before_it_probes(tmp_path, demo_dir,
     finally:
         executor.close()
     assert not probed
+
+
+def test_parts_on_ray_send_the_trackers_the_same_keys_as_in_process(tmp_path, demo_dir, tiny_bert):
+    # the driver logs what each part's result brings back, wherever the part ran
+    from kfold.tracking import Trackers
+    from tests.kfold.tracking.test_trackers import Recorder
+
+    keys = []
+    for where in ("none", "ray"):
+        recorder = Recorder()
+        cfg = _cfg(demo_dir, tiny_bert, epochs=2, average_epochs=1, cpus_per_fold=1, gpus_per_fold=0.0,
+                   cluster="none")
+        with Trackers((), tmp_path / where, log=lambda m: None, backends=[recorder]) as trackers:
+            run_kfold(cfg, tmp_path / where, log=lambda m: None, trackers=trackers,
+                      executor=RayExecutor(cfg) if where == "ray" else None)
+        keys.append(recorder.keys())
+    assert keys[0] == keys[1] and keys[0]["fold2/train_loss"] == [1, 2] and "oof/accuracy" in keys[0]
