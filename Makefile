@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 DEMO := runs/demo
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast docs bench clean
 
 venv: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first, pinned to the release served locally; the project itself declares torch>=2.3
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,tune,test,postgres,notebook,ray,multilingual,mlflow,tensorboard,wandb,dashboard]"
+	$(PY) -m pip install -q -e ".[train,tune,test,postgres,notebook,ray,multilingual,mlflow,tensorboard,wandb,dashboard,docs]"
 	touch $@
 
 demo: venv
@@ -22,6 +22,11 @@ demo: venv
 	$(VENV)/bin/kfold report --workdir $(DEMO)
 	$(VENV)/bin/ensemble blend --workdir $(DEMO) --method soft --format pstage2 --out $(DEMO)/submission.csv --force
 	$(VENV)/bin/ensemble check $(DEMO)/submission.csv --format pstage2 --test $(DEMO)/demo-data/test_gold.tsv
+
+# the reference site from docs/ (its generated pages first: settings from --help, results tables from JSON)
+docs: venv
+	$(PY) docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 # lint-imports: the layer contract in pyproject.toml (arrows only point down; only public names cross packages)
 test: venv

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 
 def run_budget(budget: str, workdir: Path, data: str, test: str, extra: list[str]) -> dict:
     """One fresh `kfold auto` call; returns its figures from the manifest and the wall time."""
@@ -47,8 +49,12 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", required=True, help="one fresh folder per budget is made under it")
     ap.add_argument("--data", required=True)
     ap.add_argument("--test", default="")
-    ap.add_argument("extra", nargs="*", help="more `kfold auto` flags, after --")
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", default="", help="write the rows here (the docs' tables are generated from it)")
+    ap.add_argument("--title", default="", help="the table's title in the docs")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]  # more `kfold auto` flags, after --
     rows = []
     for budget in args.budgets.split(","):
         folder = Path(args.workdir) / f"budget-{budget}"
@@ -56,6 +62,13 @@ def main(argv=None) -> int:
             raise SystemExit(f"{folder}: exists and is not empty; each budget needs a fresh workdir")
         rows.append(run_budget(budget, folder, args.data, args.test, args.extra))
         print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        from cluster_cpu import machine  # shared by the CPU benchmarks
+
+        out = {"title": args.title, "machine": machine(), "data": args.data, "measured": time.strftime("%Y-%m-%d"),
+               "commands": [f"kfold auto --data {args.data}" + (f" --test {args.test}" if args.test else "")
+                            + f" --budget {r['budget']} " + " ".join(args.extra) for r in rows], "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"\n{'budget':>7} {'wall min':>8} {'runs':>4} {'method':>8} {'honest OOF':>10} {'best run':>8} {'test':>7}")
     for r in rows:
         metric = r.get("metric", "")

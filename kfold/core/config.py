@@ -333,7 +333,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         group = groups[name]
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
-        shown = f"{text} (default: {f.default!r})"
+        shown = f"{text} (default: {f.default!r})".replace("%", "%%")  # argparse %-formats help texts
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=shown)
         else:

@@ -61,3 +61,15 @@ def test_example_files_load():
     cfg = make_config(ROOT / "examples" / "klue_split.toml")
     assert cfg.marker == "typed_entity_marker_punct" and cfg.group == "duplicates"
     assert "activation" in load_space(ROOT / "examples" / "space_wide.json")
+
+
+def test_a_percent_sign_in_a_settings_help_text_prints_as_written(capsys):
+    # argparse %-formats help texts: "~30% slower" printed the action's whole dict into `kfold run --help`
+    import pytest
+
+    from kfold.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "memory, ~30% slower) (default: False)" in out and "option_strings" not in out

@@ -1,0 +1,164 @@
+"""Generate the docs' pages that must not drift from their source:
+
+- ``docs/settings.md``: every command's ``--help``, as the CLIs print it (the single source of the flags' text);
+- the results tables: each ``benchmarks/results/NAME.json`` (written by a benchmark script that drives the product's
+  commands) becomes a table between ``<!-- results:NAME -->`` and ``<!-- /results -->`` in ``docs/results.md``
+  and ``README.md``.
+
+``python docs/generate.py`` rewrites them; ``python docs/generate.py --check`` exits 1 naming each file that differs
+from what it would write (the test suite runs the check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TABLE_PAGES = (ROOT / "docs" / "results.md", ROOT / "README.md")
+#: (title, program, argv) of every command in the settings reference
+COMMANDS = [
+    ("kfold run", "kfold", ["run"]), ("kfold auto", "kfold", ["auto"]), ("kfold check-data", "kfold", ["check-data"]),
+    ("kfold report", "kfold", ["report"]), ("kfold predict", "kfold", ["predict"]),
+    ("ensemble compare", "ensemble", ["compare"]), ("ensemble blend", "ensemble", ["blend"]),
+    ("ensemble check", "ensemble", ["check"]), ("tuning search", "tuning", ["search"]),
+    ("tuning best", "tuning", ["best"]), ("tuning dashboard", "tuning", ["dashboard"]),
+]
+
+
+def help_text(program: str, argv: list[str]) -> str:
+    """What ``program argv --help`` prints (80 columns, so the page does not depend on the terminal)."""
+    from ensemble.cli import main as ensemble_main
+    from kfold.cli import main as kfold_main
+    from tuning.cli import main as tuning_main
+
+    main = {"kfold": kfold_main, "ensemble": ensemble_main, "tuning": tuning_main}[program]
+    out = io.StringIO()
+    os.environ["COLUMNS"] = "80"
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main([*argv, "--help"])
+    return out.getvalue().rstrip()
+
+
+def settings_page() -> str:
+    lines = ["# Settings reference", "",
+             "Generated from each command's `--help` by `python docs/generate.py` (the CLIs are the single source of",
+             "these texts; the test suite checks this page is current). Every `kfold run` setting is also a key of",
+             "a `--config` file and a preset.", ""]
+    for title, program, argv in COMMANDS:
+        lines += [f"## `{title}`", "", "```text", help_text(program, argv), "```", ""]
+    return "\n".join(lines)
+
+
+def _num(value, fmt: str = ".2f") -> str:
+    return "" if value is None else format(value, fmt) if isinstance(value, (int, float)) else str(value)
+
+
+def table(record: dict) -> str:
+    """The markdown of one results file: its table, then the machine, the command(s) and any note."""
+    rows = record["rows"]
+    first = rows[0]
+    if "budget" in first:  # benchmarks/auto_budgets.py
+        head = ["`--budget`", "runs", "chosen blend", "honest OOF", "best run alone", "test (labelled file)", "wall"]
+        body = [[f"`{r['budget']}`", str(len(r.get("members", []))), r.get("method", ""), _num(r.get("honest")),
+                 _num(r.get("best_member")), _num(r.get("test", {}).get(r.get("metric", ""))),
+                 f"{r['wall_minutes']:.1f} min"] for r in rows]
+    elif "honest" in first:  # benchmarks/backbones.py auto
+        head = ["backbone", "probe train rows/s", "runs trained", "chosen blend", f"honest OOF {first['metric']}",
+                "best run alone", "wall"]
+        body = [[f"`{r['backbone']}`", _num(r.get("probe_rows_per_s"), ".1f"), str(r["runs"]), r["method"],
+                 _num(r["honest"]), _num(r["best_run"]), _num(r.get("wall_min"), ".1f") + " min"] for r in rows]
+    else:  # benchmarks/backbones.py run
+        scores = [k for k in ("accuracy", "micro_f1", "auprc", "semeval") if k in first]
+        head = ["backbone", *[f"OOF {k}" for k in scores], "train rows/s", "fold wall", "tokens per row (median)"]
+        body = [[f"`{r['backbone']}`", *[_num(r[k]) for k in scores], _num(r["train_rows_per_s"], ".1f"),
+                 f"{r['fold_wall_s']} s", str(r["tokens_per_row"])] for r in rows]
+    out = [f"**{record['title']}**" if record.get("title") else "", "",
+           "| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    out += ["| " + " | ".join(cells) + " |" for cells in body]
+    out += ["", f"Machine: {record['machine']}; measured {record['measured']}. "
+            + ("Command: " if len(record["commands"]) == 1 else "Commands: ")
+            + "; ".join(f"`{c}`" for c in record["commands"]) + "."]
+    if record.get("note"):
+        out += ["", record["note"]]
+    return "\n".join(line for line in out[(0 if out[0] else 2):])
+
+
+def headline(record: dict) -> str:
+    """One results file in one cell: each row's main figure."""
+    rows = record["rows"]
+    if "budget" in rows[0]:
+        return "; ".join(f"`--budget {r['budget']}`: test {r['metric']} **{r['test'][r['metric']]:.2f}**, honest OOF "
+                         f"{r['honest']:.2f}, {r['wall_minutes']:.1f} min" for r in rows)
+    if "honest" in rows[0]:
+        return "; ".join(f"`{r['backbone']}`: honest OOF {r['metric']} **{r['honest']:.2f}** ({r['runs']} run(s) "
+                         f"in {_num(r.get('wall_min'), '.1f')} min)" for r in rows)
+    key = next(k for k in ("semeval", "micro_f1", "accuracy") if k in rows[0])
+    return "; ".join(f"`{r['backbone']}`: OOF {key} **{r[key]:.2f}**" for r in rows)  # speeds: in the full table
+
+
+def summary(records: dict[str, dict], names: list[str]) -> str:
+    """The README's one results table: a row per results file (what, result, machine, command)."""
+    out = ["| what | result | machine | command |", "|---|---|---|---|"]
+    for name in names:
+        r = records[name]
+        command = r["commands"][-1] if len(r["commands"]) == 1 else r["commands"][-1] + " (and the others: docs)"
+        out.append(f"| {r['title']} | {headline(r)} | {r['machine']} | `{command}` |")
+    return "\n".join(out)
+
+
+def fill_tables(text: str, records: dict[str, dict], path: Path) -> str:
+    """Every ``<!-- results:NAME -->`` block of ``text`` replaced by NAME's table; ``<!-- results:summary A,B -->``
+    by the one-row-per-file summary of A and B."""
+
+    def block(match: re.Match) -> str:
+        name = match.group(1)
+        if name.startswith("summary "):
+            names = name.split(" ", 1)[1].split(",")
+            missing = [n for n in names if n not in records]
+            if missing:
+                raise SystemExit(f"{path}: <!-- results:{name} --> names no file {RESULTS / (missing[0] + '.json')}")
+            return f"<!-- results:{name} -->\n{summary(records, names)}\n<!-- /results -->"
+        if name not in records:
+            raise SystemExit(f"{path}: <!-- results:{name} --> names no file {RESULTS / (name + '.json')}")
+        return f"<!-- results:{name} -->\n{table(records[name])}\n<!-- /results -->"
+
+    return re.sub(r"<!-- results:([\w ,-]+?) -->.*?<!-- /results -->", block, text, flags=re.S)
+
+
+def outputs() -> dict[Path, str]:
+    """Each generated file and the text it should have."""
+    records = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(RESULTS.glob("*.json"))}
+    out = {ROOT / "docs" / "settings.md": settings_page() + "\n"}
+    for page in TABLE_PAGES:
+        out[page] = fill_tables(page.read_text(encoding="utf-8"), records, page)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 when a generated file is stale")
+    args = ap.parse_args(argv)
+    stale = []
+    for path, text in outputs().items():
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(text, encoding="utf-8")
+    verb = "stale (run python docs/generate.py)" if args.check else "written"
+    for path in stale:
+        print(f"{path.relative_to(ROOT)}: {verb}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
