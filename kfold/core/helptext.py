@@ -31,7 +31,8 @@ HELP: dict[str, tuple[str, str]] = {
     "group": ("folds", "duplicates = identical sentences stay in one fold"),
     # model
     "variant": ("model", "relation head (see `kfold variants`); --variants runs several"),
-    "backbone": ("model", "Hugging Face model id or local folder; minilm = the packaged all-MiniLM-L6-v2"),
+    "backbone": ("model", "Hugging Face model id or local folder; minilm = the packaged all-MiniLM-L6-v2 (English), "
+                          "me5-small = the packaged multilingual-e5-small (Korean; the multilingual extra)"),
     "marker": ("model", "how entities are marked in the text, e.g. @ s @ / # o # (entity_marker_punct)"),
     "max_len": ("model", "tokens per row; longer rows are cropped to a window that keeps both entities"),
     "activation": ("model", "activation of the head's projection layers (empty = the variant's, tanh)"),

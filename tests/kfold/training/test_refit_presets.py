@@ -89,7 +89,7 @@ def test_refit_without_validation_rows_keeps_the_epoch_given(tmp_path, tiny_bert
 
 def test_presets_load_through_config_checks_and_say_where_each_value_was_measured():
     names = list_presets()
-    assert set(names) == {"minilm-cpu", "base-gpu", "large-gpu"} and all(len(line) > 30 for line in names.values())
+    assert set(names) == {"minilm-cpu", "me5-cpu", "base-gpu", "large-gpu"} and all(len(line) > 30 for line in names.values())
     for name in names:
         path = PRESET_DIR / f"{name}.toml"
         values = load_config_file(path)  # unknown keys or wrong types would raise here
@@ -101,6 +101,9 @@ def test_presets_load_through_config_checks_and_say_where_each_value_was_measure
     large = make_config(preset="large-gpu")
     assert (large.backbone, large.batch_size, large.lr, large.average_epochs) == ("xlm-roberta-large", 16, 1e-5, 0)
     assert "NOT measured here" in names["large-gpu"] and "NOT measured here" in names["base-gpu"]
+    # the measured multilingual CPU preset: the packaged me5-small, the rest as the KLUE comparison had it
+    me5 = make_config(preset="me5-cpu")
+    assert (me5.backbone, me5.variant, me5.lr, me5.max_len) == ("me5-small", "split", 1e-4, 256)
 
 
 def test_preset_is_overridden_by_config_file_then_flags(tmp_path, capsys):
