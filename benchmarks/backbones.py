@@ -77,7 +77,10 @@ def auto_row(log: Path, backbone: str) -> dict:
         raise SystemExit(f"{log}: no chosen blend (did the command finish?)")
     trained = re.findall(r"^run \d+ of \d+: (\S+)", text, re.M)
     wall = re.search(r"^wall seconds: ([\d.]+)$", text, re.M)
-    return {"backbone": backbone, "method": blend.group(1), "metric": blend.group(2),
+    runs = [json.loads(p.read_text())["oof"] for name in trained
+            for p in [log.parent / "runs" / name / "summary.json"] if p.exists()]
+    best = max(runs, key=lambda oof: oof.get("micro_f1", oof["accuracy"]), default={})
+    return {"best_run_oof": {k: round(v, 2) for k, v in best.items()},"backbone": backbone, "method": blend.group(1), "metric": blend.group(2),
             "honest": float(blend.group(3)), "best_run": float(blend.group(4)), "runs": len(trained),
             "trained": trained, "probe_rows_per_s": float(probe.group(1)) if probe else None,
             "wall_min": round(float(wall.group(1)) / 60, 1) if wall else None}

@@ -71,10 +71,12 @@ def table(record: dict) -> str:
                  _num(r.get("best_member")), _num(r.get("test", {}).get(r.get("metric", ""))),
                  f"{r['wall_minutes']:.1f} min"] for r in rows]
     elif "honest" in first:  # benchmarks/backbones.py auto
+        extra = [k for k in ("micro_f1", "auprc") if k in first.get("best_run_oof", {})]
         head = ["backbone", "probe train rows/s", "runs trained", "chosen blend", f"honest OOF {first['metric']}",
-                "best run alone", "wall"]
+                *[f"best run's OOF {k}" for k in extra], "wall"]
         body = [[f"`{r['backbone']}`", _num(r.get("probe_rows_per_s"), ".1f"), str(r["runs"]), r["method"],
-                 _num(r["honest"]), _num(r["best_run"]), _num(r.get("wall_min"), ".1f") + " min"] for r in rows]
+                 _num(r["honest"]), *[_num(r["best_run_oof"][k]) for k in extra],
+                 _num(r.get("wall_min"), ".1f") + " min"] for r in rows]
     else:  # benchmarks/backbones.py run
         scores = [k for k in ("accuracy", "micro_f1", "auprc", "semeval") if k in first]
         head = ["backbone", *[f"OOF {k}" for k in scores], "train rows/s", "fold wall", "tokens per row (median)"]
