@@ -233,11 +233,11 @@ def _send_report(args, page: Path) -> None:
     from kfold.tracking import open_trackers, upload_workdir
 
     trackers = open_trackers(args.to, args.workdir, log=_log, mlflow_uri=args.mlflow_uri,
-                             wandb_project=args.wandb_project)
+                             wandb_project=args.wandb_project)  # flags of this command, not a run's config
     if trackers is None:
         return
     try:
-        sent = upload_workdir(trackers, args.workdir, list_runs(args.workdir, args.runs), [page])
+        sent = upload_workdir(trackers, args.workdir, list_runs(args.workdir, args.runs), [page], log=_log)
     finally:
         trackers.close()
     working = [b.name for b in trackers.backends if b.name not in trackers.failed]

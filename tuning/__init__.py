@@ -1,7 +1,8 @@
 """tuning: Optuna studies over learning rate and label smoothing (or a space file) whose trials are
 k-fold runs, with folds as pruning steps; resumable (SQLite) and distributed (any Optuna RDB URL).
 
-Imports ``kfold.training`` (a trial is ``run_kfold``) and ``kfold.core``.
+Imports ``kfold.training`` (a trial is ``run_kfold``), ``kfold.tracking`` (``--report-to``: a trial is one tracker
+run) and ``kfold.core``; ``tuning dashboard`` serves optuna-dashboard (the dashboard extra).
 """
 
 from __future__ import annotations

@@ -387,15 +387,16 @@ def _study_trackers(base: Config, settings: StudySettings, log: Callable[[str], 
     if not (real and base.report_to):
         yield None
         return
-    from kfold.tracking import open_trackers
+    from kfold.tracking import trackers_for
 
-    trackers = open_trackers(base.report_to, settings.workdir, log=log, mlflow_uri=base.mlflow_uri,
-                             wandb_project=base.wandb_project)
+    trackers = trackers_for(base, settings.workdir, log)
+    failed = True
     try:
         yield trackers
+        failed = False
     finally:
         if trackers:
-            trackers.close()
+            trackers.close(failed=failed)
 
 
 def _kfold_trial(settings: StudySettings, make_executor: Callable, trackers=None) -> Callable:

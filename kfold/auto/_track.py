@@ -5,6 +5,7 @@ says it is a test score."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -25,11 +26,10 @@ def kept(log: Callable[[str], None], lines: list[str]) -> Callable[[str], None]:
 def auto_trackers(settings, log):
     """``--report-to``: the command's trackers (its runs, and one tracker run for auto itself: its config and
     budget, then its log with the plan and the chosen blend), or None."""
-    from kfold.tracking import open_trackers
+    from kfold.tracking import trackers_for
 
     base = settings.base
-    trackers = open_trackers(base.report_to, settings.workdir, log=log, mlflow_uri=base.mlflow_uri,
-                             wandb_project=base.wandb_project)
+    trackers = trackers_for(base, settings.workdir, log)
     if trackers:
         folder = Path(settings.workdir) / AUTO_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
@@ -44,16 +44,20 @@ def track_auto(trackers, settings, result, lines: list[str]) -> None:
     runs blended, the labelled test file's score (named as a test score), the log and the file's manifest."""
     folder = Path(settings.workdir) / AUTO_FOLDER
     try:
-        if result is not None and result.metric:
-            values = {f"blend/honest_oof_{result.metric}": result.honest, "blend/members": len(result.members),
-                      "auto/minutes": result.seconds / 60}
-            values.update({f"labelled_test_file/{k}": v for k, v in
-                           (result.manifest.get("test_scores_from_labelled_test_file") or {}).items()})
-            trackers.metrics(folder, {k: float(v) for k, v in values.items()}, 0)
-        write_text_atomic(folder / "log.txt", "\n".join(lines) + "\n")
-        trackers.artifact(folder, folder / "log.txt")
-        if result is not None and result.path is not None:
-            trackers.artifact(folder, Path(f"{result.path}.manifest.json"))
+        with contextlib.suppress(Exception):  # never in the way of auto's own result or error
+            _send(trackers, folder, result, lines)
     finally:
-        trackers.close()
+        trackers.close(failed=result is None)
 
+
+def _send(trackers, folder: Path, result, lines: list[str]) -> None:
+    if result is not None and result.metric:
+        values = {f"blend/honest_oof_{result.metric}": result.honest, "blend/members": len(result.members),
+                  "auto/minutes": result.seconds / 60}
+        values.update({f"labelled_test_file/{k}": v for k, v in
+                       (result.manifest.get("test_scores_from_labelled_test_file") or {}).items()})
+        trackers.metrics(folder, {k: float(v) for k, v in values.items()}, 0)
+    write_text_atomic(folder / "log.txt", "\n".join(lines) + "\n")
+    trackers.artifact(folder, folder / "log.txt")
+    if result is not None and result.path is not None:
+        trackers.artifact(folder, Path(f"{result.path}.manifest.json"))

@@ -95,8 +95,8 @@ HELP: dict[str, tuple[str, str]] = {
     "report_to": ("trackers", "send each run (config, per-epoch loss and validation scores per fold, OOF scores, "
                               "summary.json) to these trackers: comma-separated mlflow, tensorboard, wandb (each the "
                               "extra of that name); a failing tracker warns once, training goes on"),
-    "mlflow_uri": ("trackers", "MLflow tracking URI (empty = MLFLOW_TRACKING_URI, else MLflow's local default, "
-                               "./mlflow.db); the experiment is named after the workdir"),
+    "mlflow_uri": ("trackers", "MLflow tracking URI (empty = MLFLOW_TRACKING_URI, else MLflow's local default in the "
+                               "working folder: mlflow.db with MLflow 3); the experiment is named after the workdir"),
     "wandb_project": ("trackers", "W&B project; runs are grouped by workdir (WANDB_MODE=offline works without a "
                                   "network)"),
 }

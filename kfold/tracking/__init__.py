@@ -16,6 +16,7 @@ from kfold.core.exports import lazy_exports
 _EXPORTS = {
     "Trackers": "._hub",
     "open_trackers": "._hub",
+    "trackers_for": "._hub",
     "check_trackers": "._hub",
     "TRACKER_FILE": "._hub",
     "part_metrics": "._content",

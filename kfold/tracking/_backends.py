@@ -3,7 +3,7 @@ thread). A tracker object holds no global "active run": every call names its run
 
 The interface (what :class:`kfold.tracking._hub.Trackers` calls): ``open(name, params, tags, previous_id)`` returns
 ``(handle, run_id)`` (``previous_id``: the id kept in the run folder, to reattach to), ``metrics(handle, values,
-step)``, ``artifact(handle, path)``, ``close(handle)``.
+step)``, ``artifact(handle, path)``, ``close(handle, failed)`` (``failed``: the toolkit run failed or stopped).
 """
 
 from __future__ import annotations
@@ -78,9 +78,11 @@ class MLflowTracker:
 
         client = self.client()
         if previous:
-            try:
-                client.get_run(previous)
-            except Exception:  # deleted, or another tracking store: a new run
+            try:  # a run deleted since (MLflow still returns it), of another experiment or store: a new run
+                found = client.get_run(previous).info
+                if found.lifecycle_stage != "active" or found.experiment_id != self.experiment_id():
+                    previous = None
+            except Exception:
                 previous = None
         if previous:
             client.update_run(previous, status="RUNNING")
@@ -101,8 +103,8 @@ class MLflowTracker:
     def artifact(self, run_id: str, path: Path) -> None:
         self.client().log_artifact(run_id, str(path))
 
-    def close(self, run_id: str) -> None:
-        self.client().set_terminated(run_id, "FINISHED")
+    def close(self, run_id: str, failed: bool = False) -> None:
+        self.client().set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
 class TensorBoardTracker:
@@ -135,7 +137,7 @@ class TensorBoardTracker:
         writer.add_text(f"files/{path.name}", f"```\n{text[:20000]}\n```" if path.suffix == ".json" else text)
         writer.flush()
 
-    def close(self, writer) -> None:
+    def close(self, writer, failed: bool = False) -> None:
         writer.close()
 
 
@@ -182,6 +184,6 @@ class WandbTracker:
         shutil.copyfile(path, copy)
         run.save(str(copy), base_path=run.dir, policy="now")
 
-    def close(self, run) -> None:
+    def close(self, run, failed: bool = False) -> None:
         self.axes.pop(id(run), None)
-        run.finish()
+        run.finish(exit_code=1 if failed else 0)

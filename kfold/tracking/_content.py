@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kfold.core.errors import ToolkitError
 from kfold.core.store import REFIT, RunDir
 from kfold.core.textio import read_json
 
@@ -95,24 +96,36 @@ def run_tags(run: RunDir, workdir: str | Path, extra: dict[str, str] | None = No
     return {"rekfold.run": run.name, "rekfold.workdir": str(Path(workdir).resolve()), **(extra or {})}
 
 
-def upload_workdir(trackers, workdir: str | Path, runs: list[RunDir], files: list[Path] = ()) -> int:
+def upload_workdir(trackers, workdir: str | Path, runs: list[RunDir], files: list[Path] = (),
+                   log=print) -> int:
     """Send existing runs to the trackers afterwards (``kfold report --to``): each run's config, its complete
-    parts, its OOF scores and summary, and ``files`` (report.html) to every run. Returns the runs sent."""
+    parts, its OOF scores and summary, and ``files`` (report.html) to every run; runs without a complete part are
+    skipped, a run whose records cannot be read is said in one line and skipped. A run already sent (live with
+    ``--report-to``, or before) is reattached and its points are sent again. Returns the runs sent."""
     sent = 0
     for run in runs:
-        if not run.config_path.exists():
+        if not run.config_path.exists() or not any(run.root.glob("*/done.json")):
+            continue  # not a run, or one with no complete part: nothing to send
+        try:
+            _upload_run(trackers, workdir, run, files)
+        except ToolkitError as exc:  # a damaged record: this run is left out, the others are sent
+            log(f"warning: {run.name} not sent: {exc}")
             continue
-        config = run.read_config()
-        trackers.open_run(run.root, run.name, config.get("config", {}), run_tags(run, workdir))
-        k = int(config.get("config", {}).get("folds", 0))
-        for part in list(range(k)) + [REFIT]:
-            record = run.fold_record(part)
-            if record is not None:
-                log_part(trackers, run, part, record)
-        if run.summary_path.exists():
-            log_assembled(trackers, run, read_json(run.summary_path).get("oof", {}))
-        for path in files:
-            trackers.artifact(run.root, path)
-        trackers.close_run(run.root)
         sent += 1
     return sent
+
+
+def _upload_run(trackers, workdir: str | Path, run: RunDir, files) -> None:
+    """One run of :func:`upload_workdir`."""
+    config = run.read_config()
+    trackers.open_run(run.root, run.name, config.get("config", {}), run_tags(run, workdir))
+    k = int(config.get("config", {}).get("folds", 0))
+    for part in list(range(k)) + [REFIT]:
+        record = run.fold_record(part)
+        if record is not None:
+            log_part(trackers, run, part, record)
+    if run.summary_path.exists():
+        log_assembled(trackers, run, read_json(run.summary_path).get("oof", {}))
+    for path in files:
+        trackers.artifact(run.root, path)
+    trackers.close_run(run.root)

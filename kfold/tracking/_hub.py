@@ -13,12 +13,13 @@ import contextlib
 import importlib.util
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from kfold.core.config import TRACKERS, tracker_names
 from kfold.core.errors import ConfigError, StoreError, unknown_name
-from kfold.core.textio import read_json, write_json_atomic
+from kfold.core.textio import file_lock, read_json, write_json_atomic
 
 #: The file in a run folder that keeps each tracker's run id.
 TRACKER_FILE = "tracker.json"
@@ -61,11 +62,10 @@ class Trackers:
         self.backends = (backends if backends is not None
                          else [make_backend(n, self.workdir, mlflow_uri, wandb_project) for n in names])
         self.failed: set[str] = set()
-        self.opened: set[Path] = set()  # the caller's side: runs opened and not closed (the thread may lag behind)
-        self.handles: dict[Path, dict[str, Any]] = {}
-        self.calls: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._loop, name="rekfold-trackers", daemon=True)
-        self.thread.start()
+        self.lock = threading.Lock()  # the caller's side may be several threads (tuning trials side by side)
+        self.opened: set[Path] = set()  # runs opened and not closed, as the callers see it (the threads lag behind)
+        # one queue and thread per tracker: a stuck tracker holds back only its own calls
+        self.workers = [_Worker(self, backend) for backend in self.backends]
 
     def __bool__(self) -> bool:
         return bool(self.backends)
@@ -73,90 +73,99 @@ class Trackers:
     def __enter__(self) -> "Trackers":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, *exc) -> None:
+        self.close(failed=kind is not None)
 
     # -- what the driver calls: each returns at once -------------------------------------------------------------
+    def _put(self, call) -> None:
+        for worker in self.workers:
+            worker.calls.put(call)
+
     def open_run(self, folder: Path, name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
         """Start (or reattach to) the tracker run of the toolkit run in ``folder``, with its config as parameters."""
-        self.opened.add(Path(folder))
-        self.calls.put((self._open, (Path(folder), name, dict(params), dict(tags or {}))))
+        with self.lock:
+            self.opened.add(Path(folder))
+        self._put(("open", Path(folder), name, dict(params), dict(tags or {})))
 
     def metrics(self, folder: Path, values: dict[str, float], step: int) -> None:
         """Log ``values`` at ``step`` (an epoch) in the run's tracker run."""
         if values:
-            self.calls.put((self._each, (Path(folder), "metrics", dict(values), int(step))))
+            self._put(("metrics", Path(folder), dict(values), int(step)))
 
     def artifact(self, folder: Path, path: Path) -> None:
         """Attach a file (summary.json, report.html)."""
-        self.calls.put((self._each, (Path(folder), "artifact", Path(path))))
+        self._put(("artifact", Path(folder), Path(path)))
 
-    def close_run(self, folder: Path) -> None:
-        """Finish the run's tracker run (a later ``open_run`` of the same folder reattaches to it)."""
-        self.opened.discard(Path(folder))
-        self.calls.put((self._close, (Path(folder),)))
+    def close_run(self, folder: Path, failed: bool = False) -> None:
+        """Finish the run's tracker run, as failed when ``failed`` (a later ``open_run`` of the folder reattaches)."""
+        with self.lock:
+            self.opened.discard(Path(folder))
+        self._put(("close", Path(folder), bool(failed)))
 
-    def close(self, timeout: float = CLOSE_SECONDS) -> None:
-        """Close every open tracker run and wait (at most ``timeout`` seconds) for the queued calls."""
-        if not self.thread.is_alive():
-            return
-        for folder in list(self.opened):
-            self.close_run(folder)
-        self.calls.put(None)
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            self.log(f"warning: the trackers did not finish in {timeout:.0f}s; what was not sent yet is dropped "
-                     "(the run store has all of it: `kfold report --to` sends it again)")
+    def close(self, timeout: float = CLOSE_SECONDS, failed: bool = False) -> None:
+        """Close every open tracker run (as failed when ``failed``) and wait, at most ``timeout`` seconds in all,
+        for the queued calls."""
+        with self.lock:
+            left = list(self.opened)
+        for folder in left:
+            self.close_run(folder, failed)
+        self._put(None)
+        end = time.monotonic() + timeout
+        for worker in self.workers:
+            worker.thread.join(max(0.0, end - time.monotonic()))
+        stuck = [w.backend.name for w in self.workers if w.thread.is_alive()]
+        if stuck:
+            self.log(f"warning: tracker {', '.join(stuck)} did not finish in {timeout:g}s; what was not sent yet is "
+                     "dropped (the run store has all of it: `kfold report --to` sends it)")
 
-    # -- the background thread -----------------------------------------------------------------------------------
-    def _loop(self) -> None:
+    def say_failed(self, backend, what: str, exc: Exception) -> None:
+        """The first failure of a tracker, said once; nothing more is sent to it."""
+        with self.lock:
+            if backend.name in self.failed:
+                return
+            self.failed.add(backend.name)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        self.log(f"warning: tracker {backend.name} failed ({what}: {type(exc).__name__}: {text}); nothing more "
+                 "is sent to it in this command, training goes on")
+
+
+class _Worker:
+    """One tracker's queue and thread: its calls in order; after its first failure, none."""
+
+    def __init__(self, hub: Trackers, backend):
+        self.hub, self.backend = hub, backend
+        self.handles: dict[Path, Any] = {}
+        self.calls: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self.loop, name=f"rekfold-tracker-{backend.name}", daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
         while True:
             call = self.calls.get()
             if call is None:
                 return
-            fn, args = call
-            fn(*args)
+            if self.backend.name in self.hub.failed:
+                continue
+            kind, folder, *args = call
+            try:
+                self.do(kind, folder, *args)
+            except Exception as exc:  # a tracker's own failure (network, credentials, its bugs): never training's
+                self.hub.say_failed(self.backend, f"{kind} {folder.name}", exc)
 
-    def _guarded(self, backend, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one tracker call; the first failure of a tracker is said once and turns that tracker off."""
-        if backend.name in self.failed:
-            return None
-        try:
-            return fn()
-        except Exception as exc:  # a tracker's own failure (network, credentials, its bugs): never training's
-            self.failed.add(backend.name)
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.log(f"warning: tracker {backend.name} failed ({what}: {type(exc).__name__}: {text}); nothing more "
-                     "is sent to it in this command, training goes on")
-            return None
-
-    def _open(self, folder: Path, name: str, params: dict, tags: dict) -> None:
-        ids = _read_ids(folder)
-        handles = self.handles.setdefault(folder, {})
-        changed = False
-        for backend in self.backends:
-            previous = ids.get(backend.name)
-            opened = self._guarded(backend, f"opening {name}",
-                                   lambda b=backend, p=previous: b.open(name, params, tags, p))
-            if opened is not None:
-                handles[backend.name], run_id = opened
-                changed |= ids.get(backend.name) != run_id
-                ids[backend.name] = run_id
-        if changed:
-            with contextlib.suppress(StoreError, OSError):  # the ids only reattach; losing them loses no result
-                write_json_atomic(folder / TRACKER_FILE, ids)
-
-    def _each(self, folder: Path, method: str, *args) -> None:
-        handles = self.handles.get(folder, {})
-        for backend in self.backends:
-            if backend.name in handles:
-                self._guarded(backend, method, lambda b=backend: getattr(b, method)(handles[b.name], *args))
-
-    def _close(self, folder: Path) -> None:
-        handles = self.handles.pop(folder, {})
-        for backend in self.backends:
-            if backend.name in handles:
-                self._guarded(backend, "closing", lambda b=backend: b.close(handles[b.name]))
+    def do(self, kind: str, folder: Path, *args) -> None:
+        if kind == "open":
+            name, params, tags = args
+            with file_lock(folder / f"{TRACKER_FILE}.lock"):  # two processes starting folds of one run: one id
+                ids = _read_ids(folder)
+                handle, run_id = self.backend.open(name, params, tags, ids.get(self.backend.name))
+                self.handles[folder] = handle
+                if ids.get(self.backend.name) != run_id:
+                    ids[self.backend.name] = run_id
+                    with contextlib.suppress(StoreError, OSError):  # the ids only reattach; no result is lost
+                        write_json_atomic(folder / TRACKER_FILE, ids)
+        elif folder in self.handles:
+            handle = self.handles.pop(folder) if kind == "close" else self.handles[folder]
+            getattr(self.backend, kind)(handle, *args)
 
 
 def _read_ids(folder: Path) -> dict[str, str]:
@@ -177,3 +186,8 @@ def open_trackers(report_to: str, workdir: str | Path, *, log: Callable[[str], N
     if not names:
         return None
     return Trackers(names, workdir, log=log, mlflow_uri=mlflow_uri, wandb_project=wandb_project)
+
+
+def trackers_for(cfg, workdir: str | Path, log: Callable[[str], None] = print) -> Trackers | None:
+    """The Trackers of a config's ``report_to``, ``mlflow_uri`` and ``wandb_project`` (None when it names none)."""
+    return open_trackers(cfg.report_to, workdir, log=log, mlflow_uri=cfg.mlflow_uri, wandb_project=cfg.wandb_project)

@@ -15,7 +15,7 @@ from kfold.core.store import RunDir
 from kfold.core.textio import write_json_atomic
 from kfold.data import LoadedData, inverse_labels, list_path, load_data, swap_entities
 from kfold.core.store import REFIT
-from kfold.tracking import open_trackers, run_tags
+from kfold.tracking import run_tags, trackers_for
 from kfold.encoding import (Features, backbone_slug, built_backbone_hash, check_marker, crop_note, encode_cached,
                             entity_types, load_tokenizer, marker_tokens)
 
@@ -205,19 +205,20 @@ def run_many(cfgs: Sequence[Config], workdir: str | Path, *, folds: Sequence[int
     first = cfgs[0]
     own_trackers = trackers is None and first.report_to  # a missing tracker package is refused before anything else
     if own_trackers:
-        trackers = open_trackers(first.report_to, workdir, log=log, mlflow_uri=first.mlflow_uri,
-                                 wandb_project=first.wandb_project)
+        trackers = trackers_for(first, workdir, log)
     jobs: list[Job] = []
+    raised = True
     try:
         jobs = [prepare_job(cfg, workdir, folds=folds, tag=tag, log=log, on_fold=on_fold) for cfg in cfgs]
         if trackers:
             for job in jobs:
                 trackers.open_run(job.run.root, job.run.name, job.cfg.to_dict(), run_tags(job.run, workdir, tracker_tags))
         _run_jobs(jobs, workdir, log, model_factory, executor, before_part, trackers)
+        raised = False
     finally:
         if trackers:
-            for job in jobs:
-                trackers.close_run(job.run.root)
+            for job in jobs:  # a run that failed, or was stopped (a budget, a pruned trial, Ctrl-C), closes as failed
+                trackers.close_run(job.run.root, failed=raised and not job.outcome.complete or bool(job.outcome.failed))
         if own_trackers and trackers:
             trackers.close()
     return [job.outcome for job in jobs]

@@ -33,26 +33,28 @@ class Recorder:
 
     name = "recorder"
 
-    def __init__(self, fail: bool = False, block: threading.Event | None = None):
-        self.fail, self.block, self.calls, self.runs = fail, block, [], 0
+    def __init__(self, fail: str = "", block: threading.Event | None = None):
+        self.fail, self.block, self.calls, self.runs = fail, block, [], 0  # fail: the call that raises
 
     def open(self, name, params, tags, previous):
         self.calls.append(("open", name, previous))
-        if self.fail:
+        if self.fail == "open":
             raise ConnectionError("no network")
         self.runs += 1
         return name, previous or f"id-{self.runs}"
 
     def metrics(self, handle, values, step):
         if self.block is not None:
-            self.block.wait(30)
+            self.block.wait()
         self.calls.append(("metrics", handle, dict(values), step))
+        if self.fail == "metrics":
+            raise PermissionError("bad credentials")
 
     def artifact(self, handle, path):
         self.calls.append(("artifact", handle, Path(path).name))
 
-    def close(self, handle):
-        self.calls.append(("close", handle))
+    def close(self, handle, failed=False):
+        self.calls.append(("close", handle) + (("failed",) if failed else ()))
 
     def keys(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
@@ -79,18 +81,22 @@ def test_part_metrics_names_every_value_by_part_and_epoch():
                                              ["refit/train_rows_per_s", "refit/wall_seconds"]]
 
 
-def test_a_tracker_failing_on_every_call_warns_once_and_changes_no_number(tmp_path, demo_dir, tiny_bert):
+@pytest.mark.parametrize("fail", ["open", "metrics"])
+def test_a_failing_tracker_warns_once_changes_no_number_and_holds_no_other_back(tmp_path, demo_dir, tiny_bert, fail):
     plain = run_kfold(_cfg(demo_dir, tiny_bert), tmp_path / "plain", log=lambda m: None)
     logs: list[str] = []
-    broken = Recorder(fail=True)
-    with Trackers((), tmp_path / "tracked", log=logs.append, backends=[broken]) as trackers:
+    broken, other = Recorder(fail=fail), Recorder()
+    other.name = "other"
+    with Trackers((), tmp_path / "tracked", log=logs.append, backends=[broken, other]) as trackers:
         out = run_kfold(_cfg(demo_dir, tiny_bert), tmp_path / "tracked", log=logs.append, trackers=trackers)
     assert out.complete
     a, b = load_predictions(plain.run.oof_path), load_predictions(out.run.oof_path)
     assert np.array_equal(a.logits, b.logits)
-    warnings = [line for line in logs if line.startswith("warning: tracker recorder failed")]
-    assert len(warnings) == 1 and "ConnectionError: no network" in warnings[0], logs
-    assert [c[0] for c in broken.calls] == ["open"]  # nothing more was sent to it
+    warnings = [line for line in logs if line.startswith("warning: tracker")]
+    error = "ConnectionError: no network" if fail == "open" else "PermissionError: bad credentials"
+    assert len(warnings) == 1 and warnings[0].startswith("warning: tracker recorder failed") and error in warnings[0]
+    assert [c[0] for c in broken.calls] == (["open"] if fail == "open" else ["open", "metrics"])  # nothing more
+    assert other.calls[-1] == ("close", out.run.name) and other.keys()["oof/accuracy"] == [0]  # the other: all
 
 
 def test_a_stuck_tracker_does_not_hold_training_back(tmp_path, demo_dir, tiny_bert):
@@ -101,7 +107,7 @@ def test_a_stuck_tracker_does_not_hold_training_back(tmp_path, demo_dir, tiny_be
     out = run_kfold(_cfg(demo_dir, tiny_bert), tmp_path, log=logs.append, trackers=trackers)
     assert out.complete and not any(c[0] == "metrics" for c in stuck.calls)  # trained while the tracker hung
     trackers.close(timeout=0.2)
-    assert any("did not finish in 0s" in line for line in logs), logs
+    assert any("tracker recorder did not finish in 0.2s" in line for line in logs), logs
     release.set()
 
 
@@ -126,7 +132,35 @@ def test_each_part_logs_its_epochs_and_a_resumed_run_reattaches(tmp_path, demo_d
     oof = [c for c in again.calls if c[0] == "metrics" and "oof/accuracy" in c[2]]
     assert oof[0][2]["oof/accuracy"] == pytest.approx(summary["oof"]["accuracy"])
     assert ("artifact", out.run.name, "summary.json") in again.calls and again.calls[-1] == ("close", out.run.name)
-    assert not any(k.startswith("test") for k in keys)
+    assert first.calls[-1] == ("close", out.run.name)  # a --fold call that ends with its folds done: not failed
+
+
+def test_with_a_labelled_test_file_and_a_refit_no_test_score_reaches_a_tracker(tmp_path, demo_dir, tiny_bert):
+    recorder = Recorder()
+    cfg = _cfg(demo_dir, tiny_bert, test=str(demo_dir / "test_gold.tsv"), refit=True)
+    with Trackers((), tmp_path, log=lambda m: None, backends=[recorder]) as trackers:
+        out = run_kfold(cfg, tmp_path, log=lambda m: None, trackers=trackers)
+    assert (load_predictions(out.run.test_path).y >= 0).all()  # the test file is labelled
+    keys = recorder.keys()
+    assert keys["refit/train_loss"] == [1, 2] and "refit/wall_seconds" in keys
+    assert {k.split("/")[0] for k in keys} == {"fold0", "fold1", "refit", "oof"}
+    assert not any("test" in k for k in keys)
+    assert [c[2] for c in recorder.calls if c[0] == "artifact"] == ["summary.json"]
+    assert "test" not in json.loads(out.run.summary_path.read_text())
+
+
+def test_a_run_that_fails_closes_its_tracker_run_as_failed(tmp_path, demo_dir, tiny_bert):
+    from kfold.core.errors import TrainingError
+
+    recorder = Recorder()
+
+    def stop(fold, record):
+        raise TrainingError("stopped by the test")
+
+    with Trackers((), tmp_path, log=lambda m: None, backends=[recorder]) as trackers:
+        with pytest.raises(TrainingError):
+            run_kfold(_cfg(demo_dir, tiny_bert), tmp_path, log=lambda m: None, trackers=trackers, on_fold=stop)
+    assert [c for c in recorder.calls if c[0] == "close"] == [("close", recorder.calls[0][1], "failed")]
 
 
 def test_a_missing_tracker_package_is_one_line_naming_the_extra_before_anything_trains(tmp_path, demo_dir, tiny_bert,
@@ -164,6 +198,13 @@ def test_mlflow_run_read_back_through_its_client(tmp_path, demo_dir, tiny_bert, 
     assert run.data.metrics["oof/accuracy"] == pytest.approx(json.loads(out.run.summary_path.read_text())["oof"]["accuracy"])
     assert "summary.json" in [f.path for f in client.list_artifacts(run.info.run_id)]
     assert json.loads((out.run.root / TRACKER_FILE).read_text()) == {"mlflow": run.info.run_id}
+    # a tracker run deleted in MLflow since: the next call makes a new one instead of failing
+    client.delete_run(run.info.run_id)
+    logs: list[str] = []
+    run_kfold(cfg, tmp_path / "w", log=logs.append)
+    assert not [line for line in logs if line.startswith("warning")], logs
+    new = json.loads((out.run.root / TRACKER_FILE).read_text())["mlflow"]
+    assert new != run.info.run_id and client.get_run(new).info.lifecycle_stage == "active"
 
 
 def test_tensorboard_run_read_back_through_its_event_reader(tmp_path, demo_dir, tiny_bert):
