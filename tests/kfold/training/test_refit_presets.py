@@ -112,11 +112,11 @@ def test_preset_is_overridden_by_config_file_then_flags(tmp_path, capsys):
     (tmp_path / "c.toml").write_text("batch_size = 8\nlr = 3e-5\n")
     cfg = make_config(tmp_path / "c.toml", {"lr": 2e-5}, "large-gpu")
     assert (cfg.backbone, cfg.batch_size, cfg.lr) == ("xlm-roberta-large", 8, 2e-5)
-    with pytest.raises(ConfigError, match=r"unknown preset 'large'; expected one of \[base-gpu, large-gpu, minilm-cpu\]"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'large'; expected one of \[base-gpu, large-gpu, me5-cpu, minilm-cpu\]"):
         make_config(preset="large")
     assert main(["presets"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[:3]] == ["base-gpu", "large-gpu", "minilm-cpu"]
+    assert [line.split()[0] for line in out[:4]] == ["base-gpu", "large-gpu", "me5-cpu", "minilm-cpu"]
 
 
 def test_retired_config_key_names_its_replacement(tmp_path):
