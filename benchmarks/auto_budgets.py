@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster_cpu import parse_with_extra, write_results  # noqa: E402  (shared by the CPU benchmarks)
 
 
 def run_budget(budget: str, workdir: Path, data: str, test: str, extra: list[str]) -> dict:
@@ -51,10 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test", default="")
     ap.add_argument("--json", default="", help="write the rows here (the docs' tables are generated from it)")
     ap.add_argument("--title", default="", help="the table's title in the docs")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args = ap.parse_args(argv[:cut])
-    args.extra = argv[cut + 1:]  # more `kfold auto` flags, after --
+    args = parse_with_extra(ap, argv)  # more `kfold auto` flags after --
     rows = []
     for budget in args.budgets.split(","):
         folder = Path(args.workdir) / f"budget-{budget}"
@@ -63,12 +61,9 @@ def main(argv=None) -> int:
         rows.append(run_budget(budget, folder, args.data, args.test, args.extra))
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
-        from cluster_cpu import machine  # shared by the CPU benchmarks
-
-        out = {"title": args.title, "machine": machine(), "data": args.data, "measured": time.strftime("%Y-%m-%d"),
-               "commands": [f"kfold auto --data {args.data}" + (f" --test {args.test}" if args.test else "")
-                            + f" --budget {r['budget']} " + " ".join(args.extra) for r in rows], "rows": rows}
-        Path(args.json).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_results(args.json, args.title, args.data,
+                      [f"kfold auto --data {args.data}" + (f" --test {args.test}" if args.test else "")
+                       + f" --budget {r['budget']} " + " ".join(args.extra) for r in rows], rows)
     print(f"\n{'budget':>7} {'wall min':>8} {'runs':>4} {'method':>8} {'honest OOF':>10} {'best run':>8} {'test':>7}")
     for r in rows:
         metric = r.get("metric", "")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster_cpu import machine  # noqa: E402  (shared by the CPU benchmarks)
+from cluster_cpu import parse_with_extra, write_results  # noqa: E402  (shared by the CPU benchmarks)
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -80,8 +80,8 @@ def auto_row(log: Path, backbone: str) -> dict:
     runs = [json.loads(p.read_text())["oof"] for name in trained
             for p in [log.parent / "runs" / name / "summary.json"] if p.exists()]
     best = max(runs, key=lambda oof: oof.get("micro_f1", oof["accuracy"]), default={})
-    return {"best_run_oof": {k: round(v, 2) for k, v in best.items()},"backbone": backbone, "method": blend.group(1), "metric": blend.group(2),
-            "honest": float(blend.group(3)), "best_run": float(blend.group(4)), "runs": len(trained),
+    return {"best_run_oof": {k: round(v, 2) for k, v in best.items()}, "backbone": backbone,
+            "method": blend.group(1), "metric": blend.group(2), "honest": float(blend.group(3)), "best_run": float(blend.group(4)), "runs": len(trained),
             "trained": trained, "probe_rows_per_s": float(probe.group(1)) if probe else None,
             "wall_min": round(float(wall.group(1)) / 60, 1) if wall else None}
 
@@ -96,10 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="", help="write the figures here (the docs' tables are generated from it)")
     ap.add_argument("--title", default="", help="the table's title in the docs")
     ap.add_argument("--note", default="", help="what else to know about this measurement (shown under the table)")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args = ap.parse_args(argv[:cut])
-    args.extra = argv[cut + 1:]  # more flags of the product's command, after --
+    args = parse_with_extra(ap, argv)  # the product command's own flags after --
     workdir, backbones = Path(args.workdir), args.backbones.split(",")
     if args.mode == "run":
         command = ["run", "--data", args.data, "--backbones", args.backbones, "--workdir", str(workdir), *args.extra]
@@ -122,11 +119,7 @@ def main(argv=None) -> int:
     for row in rows:
         print(json.dumps(row), flush=True)
     if args.json:
-        out = {"title": args.title, "note": args.note, "machine": machine(), "commands": commands, "data": args.data,
-               "measured": time.strftime("%Y-%m-%d"), "rows": rows}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_results(args.json, args.title, args.data, commands, rows, args.note)
     return 0
 
 

@@ -15,6 +15,7 @@ machine's speed hits all of them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -70,6 +71,24 @@ def machine() -> str:
     except OSError:
         bf16 = False
     return f"{model} (family {family} model {number}), {os.cpu_count()} cores, bf16 in hardware: {'yes' if bf16 else 'no'}"
+
+
+def parse_with_extra(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``ap``'s arguments, and in ``.extra`` what follows ``--`` (flags for the product's command, passed on)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]
+    return args
+
+
+def write_results(path: str, title: str, data: str, commands: list[str], rows: list[dict], note: str = "") -> None:
+    """A benchmark's figures as JSON for the docs' generated tables (``docs/generate.py``), with the machine."""
+    out = {"title": title, "note": note, "machine": machine(), "commands": commands, "data": data,
+           "measured": time.strftime("%Y-%m-%d"), "rows": rows}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
 
 
 def subset(data: Path, rows: int, folder: Path) -> Path:
