@@ -31,7 +31,8 @@ from kfold.encoding._markers import marker_tokens  # noqa: E402
 from kfold.encoding._tokenizer import load_tokenizer  # noqa: E402
 from kfold.model._losses import RelationLoss  # noqa: E402
 from kfold.model._optim import param_groups  # noqa: E402
-from kfold.training._train import _autocast, build_model, predict  # noqa: E402
+from kfold.training._device import autocast, build_model  # noqa: E402
+from kfold.training._train import predict  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval2010_task8"
 #: arm name -> Config settings
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
         for name in list(arms) if i % 2 == 0 else list(arms)[::-1]:
             model, optimizer = arms[name]
             t0 = time.perf_counter()
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 loss = model(**batch)["loss"]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

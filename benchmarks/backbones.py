@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster_cpu import parse_with_extra, write_results  # noqa: E402  (shared by the CPU benchmarks)
+from cluster_cpu import parse_with_extra, print_and_write  # noqa: E402  (shared by the CPU benchmarks)
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -116,11 +116,7 @@ def main(argv=None) -> int:
                 with open(log, "a", encoding="utf-8") as out:
                     out.write(f"wall seconds: {seconds:.1f}\n")
             rows.append(auto_row(log, backbone))
-    for row in rows:
-        print(json.dumps(row), flush=True)
-    if args.json:
-        write_results(args.json, args.title, args.data, commands, rows, args.note)
-    return 0
+    return print_and_write(args, commands, rows)
 
 
 if __name__ == "__main__":

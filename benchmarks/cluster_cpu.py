@@ -91,6 +91,16 @@ def write_results(path: str, title: str, data: str, commands: list[str], rows: l
     print(f"wrote {path}")
 
 
+def print_and_write(args: argparse.Namespace, commands: list[str], rows: list[dict]) -> int:
+    """Print each row as a JSON line and, with ``--json``, write the results file (the title, data and note from
+    ``args``); the benchmark's exit status."""
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    if args.json:
+        write_results(args.json, args.title, args.data, commands, rows, args.note)
+    return 0
+
+
 def subset(data: Path, rows: int, folder: Path) -> Path:
     """The first ``rows`` data lines of a line-per-row file (SemEval, JSONL, TSV), with its label file beside."""
     folder.mkdir(parents=True, exist_ok=True)

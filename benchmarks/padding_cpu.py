@@ -64,7 +64,7 @@ def run_arm(arm: str, n_train: int, n_infer: int, batch_size: int, eval_batch_si
     from kfold.core.config import Config
     from kfold.encoding._batching import collate, length_grouped_batches, padding_share, sorted_batches
     from kfold.model._losses import RelationLoss
-    from kfold.training._train import build_model
+    from kfold.training import build_model
 
     torch.manual_seed(0)
     ds, tok, feats = _features(max(n_train, n_infer), max_len)

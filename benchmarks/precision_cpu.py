@@ -39,7 +39,7 @@ def run_arm(precision: str, variant: str, n_train: int, n_infer: int, batch_size
     from kfold.encoding._encode import encode
     from kfold.encoding._markers import marker_tokens
     from kfold.encoding._tokenizer import load_tokenizer
-    from kfold.training._train import FoldData, build_model, pick_precision, predict, train_fold
+    from kfold.training import FoldData, build_model, pick_precision, predict, train_fold
 
     ds = read_dataset(DATA / "train.tsv", DATA / "label.txt", format="semeval")
     ds = ds.subset(np.random.default_rng(0).permutation(len(ds))[: n_train + n_infer])
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     if args.arm:
         print(json.dumps(run_arm(args.arm, args.variant, args.n_train, args.n_infer, args.batch_size)))
         return 0
-    from kfold.training._train import cpu_has_native_bf16
+    from kfold.training import cpu_has_native_bf16
 
     rows = {"fp32": [], "bf16": []}
     rest = list(argv if argv is not None else sys.argv[1:])

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         if cfg.tta == "swap":  # what the same model scores on the written reading alone
             import torch
 
-            from kfold.training._train import build_model, predict
+            from kfold.training import build_model, predict
 
             model = build_model(cfg, len(train.label_names), len(tok))
             model.load_state_dict(res.state_dict)

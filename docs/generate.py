@@ -1,9 +1,11 @@
 """Generate the docs' pages that must not drift from their source:
 
 - ``docs/settings.md``: every command's ``--help``, as the CLIs print it (the single source of the flags' text);
+- ``kfold/core/presets/techniques.json``: the techniques' measurements (benchmarks/techniques.py) as data for the
+  planner;
 - the results tables: each ``benchmarks/results/NAME.json`` (written by a benchmark script that drives the product's
   commands) becomes a table between ``<!-- results:NAME -->`` and ``<!-- /results -->`` in ``docs/results.md``
-  and ``README.md``.
+  ``docs/techniques.md`` and ``README.md``.
 
 ``python docs/generate.py`` rewrites them; ``python docs/generate.py --check`` exits 1 naming each file that differs
 from what it would write (the test suite runs the check).
@@ -22,11 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-TABLE_PAGES = (ROOT / "docs" / "results.md", ROOT / "README.md")
+TABLE_PAGES = (ROOT / "docs" / "results.md", ROOT / "docs" / "techniques.md", ROOT / "README.md")
 #: (title, program, argv) of every command in the settings reference
 COMMANDS = [
     ("kfold run", "kfold", ["run"]), ("kfold auto", "kfold", ["auto"]), ("kfold check-data", "kfold", ["check-data"]),
-    ("kfold report", "kfold", ["report"]), ("kfold predict", "kfold", ["predict"]),
+    ("kfold report", "kfold", ["report"]), ("kfold predict", "kfold", ["predict"]), ("kfold pretrain", "kfold", ["pretrain"]),
     ("ensemble compare", "ensemble", ["compare"]), ("ensemble blend", "ensemble", ["blend"]),
     ("ensemble check", "ensemble", ["check"]), ("tuning search", "tuning", ["search"]),
     ("tuning best", "tuning", ["best"]), ("tuning dashboard", "tuning", ["dashboard"]),
@@ -61,11 +63,28 @@ def _num(value, fmt: str = ".2f") -> str:
     return "" if value is None else format(value, fmt) if isinstance(value, (int, float)) else str(value)
 
 
+def _diff(d: dict | None) -> str:
+    """``+0.42 [-0.31, +1.10]``: a paired difference and its 95% interval."""
+    return "" if not d else f"{d['diff']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+
+
 def table(record: dict) -> str:
     """The markdown of one results file: its table, then the machine, the command(s) and any note."""
     rows = record["rows"]
     first = rows[0]
-    if "budget" in first:  # benchmarks/auto_budgets.py
+    if "arm" in first:  # benchmarks/techniques.py: each arm against the first
+        base = first["arm"]
+        metrics = [k[4:] for k in first if k.startswith("oof_") and "_vs_" not in k]
+        tests = [k[5:] for k in first if k.startswith("test_") and "_vs_" not in k]
+        head = ["arm", "flags", "minutes", "cost per step", *[f"OOF {m}" for m in metrics],
+                *[f"OOF {m} vs `{base}` [95%]" for m in metrics], *[f"test {m}" for m in tests],
+                *[f"test {m} vs `{base}` [95%]" for m in tests]]
+        body = [[f"`{r['arm']}`", f"`{r['flags']}`" if r["flags"] else "", _num(r["minutes"], ".1f"),
+                 _num(r.get("cost_per_step")) + ("x" if r.get("cost_per_step") else ""),
+                 *[_num(r[f"oof_{m}"]) for m in metrics], *[_diff(r.get(f"oof_{m}_vs_{base}")) for m in metrics],
+                 *[_num(r[f"test_{m}"]) for m in tests], *[_diff(r.get(f"test_{m}_vs_{base}")) for m in tests]]
+                for r in rows]
+    elif "budget" in first:  # benchmarks/auto_budgets.py
         head = ["`--budget`", "runs", "chosen blend", "honest OOF", "best run alone", "test (labelled file)", "wall"]
         body = [[f"`{r['budget']}`", str(len(r.get("members", []))), r.get("method", ""), _num(r.get("honest")),
                  _num(r.get("best_member")), _num(r.get("test", {}).get(r.get("metric", ""))),
@@ -96,6 +115,12 @@ def table(record: dict) -> str:
 def headline(record: dict) -> str:
     """One results file in one cell: each row's main figure."""
     rows = record["rows"]
+    if "arm" in rows[0]:
+        metric = next(k[4:] for k in rows[0] if k.startswith("oof_") and "_vs_" not in k)
+        base = rows[0]["arm"]
+        return "; ".join(f"`{r['arm']}` OOF {metric} **{_diff(r[f'oof_{metric}_vs_{base}'])}**"
+                         + (f" at {r['cost_per_step']:.2f}x per step" if r.get("cost_per_step") else "")
+                         for r in rows[1:])
     if "budget" in rows[0]:
         return "; ".join(f"`--budget {r['budget']}`: test {r['metric']} **{r['test'][r['metric']]:.2f}**, honest OOF "
                          f"{r['honest']:.2f}, {r['wall_minutes']:.1f} min" for r in rows)
@@ -135,10 +160,38 @@ def fill_tables(text: str, records: dict[str, dict], path: Path) -> str:
     return re.sub(r"<!-- results:([\w ,-]+?) -->.*?<!-- /results -->", block, text, flags=re.S)
 
 
+#: The techniques' measurements as data, beside the presets, for ``kfold auto``'s planner (one entry per arm).
+TECHNIQUES = ROOT / "kfold" / "core" / "presets" / "techniques.json"
+
+
+def techniques_record(records: dict[str, dict]) -> str:
+    """Every technique measured against the same run without it (benchmarks/techniques.py results), one entry per
+    arm: the task type (directed labels like SemEval's, or not, and how many labels), the paired differences with
+    their intervals, the cost per step and minutes, and where and how it was measured."""
+    entries = []
+    for name, record in records.items():
+        rows = record["rows"]
+        if "arm" not in rows[0]:
+            continue
+        base = rows[0]
+        for r in rows[1:]:
+            entries.append({
+                "technique": r["arm"], "flags": r["flags"], "baseline": base["arm"], "data": record["data"],
+                "directed_labels": r["directed"], "labels": r["labels"], "rows": r["rows"],
+                "differences": {k: v for k, v in r.items() if "_vs_" in k},
+                "cost_per_step": r.get("cost_per_step"), "pretrain": r.get("pretrain"), "minutes": r["minutes"], "baseline_minutes": base["minutes"],
+                "machine": record["machine"], "measured": record["measured"],
+                "source": f"benchmarks/results/{name}.json", "command": record["commands"][rows.index(r)]})
+    return json.dumps({"about": "Generated by docs/generate.py from benchmarks/results (benchmarks/techniques.py): "
+                                "each technique against the same run without it; differences are paired bootstraps "
+                                "(diff, 95% interval, share of resamples where the technique is better).",
+                       "techniques": entries}, indent=1, ensure_ascii=False) + "\n"
+
+
 def outputs() -> dict[Path, str]:
     """Each generated file and the text it should have."""
     records = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(RESULTS.glob("*.json"))}
-    out = {ROOT / "docs" / "settings.md": settings_page() + "\n"}
+    out = {ROOT / "docs" / "settings.md": settings_page() + "\n", TECHNIQUES: techniques_record(records)}
     for page in TABLE_PAGES:
         out[page] = fill_tables(page.read_text(encoding="utf-8"), records, page)
     return out

@@ -1,4 +1,4 @@
-"""The ``kfold`` command: run, report, variants, check-data, demo-data."""
+"""The ``kfold`` command: run, auto, report, predict, variants, presets, check-data, pretrain, demo-data."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag}: found '{text}', expected comma-separated integers like 0,2") from None
 
 
+#: The run settings `kfold pretrain` takes: how the files are read, the backbone and marker, and the speed settings.
+PRETRAIN_KEYS = ("data", "labels", "format", "columns", "offsets", "repair_window", "too_far", "overlap", "bad_rows",
+                 "backbone", "marker", "max_len", "precision", "attn_implementation", "length_grouping", "threads", "device")
 #: The settings `kfold check-data` takes: how the file is read and how it would be tokenised.
 CHECK_KEYS = ("labels", "format", "columns", "offsets", "repair_window", "no_relation", "too_far", "overlap", "bad_rows",
               "backbone", "marker", "max_len")
@@ -109,6 +112,32 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--no-tokens", dest="tokens", action="store_false",
                      help="skip the token lengths (no tokenizer is loaded)")
     add_config_flags(chk, only=CHECK_KEYS)
+
+    pre = sub.add_parser("pretrain", help="masked-LM training of a backbone on the task's marked sentences (TAPT); "
+                         "writes a backbone folder for --backbone PATH (resumable by epoch)",
+                         description="Continues the backbone's masked-language-model training on the training file's "
+                         "sentences (and with --test the test file's), marked and cropped exactly as `kfold run` "
+                         "encodes them, markers included in what is masked; labels are not used. Writes OUT (weights, "
+                         "config, the tokenizer with the marker tokens, and a record: files and hashes, steps, loss per "
+                         "epoch); the same command resumes after the last complete epoch. Without --data: the "
+                         "generated demo data.")
+    pre.add_argument("--out", required=True, help="the backbone folder to write (refused when it holds anything else)")
+    pre.add_argument("--config", default=None, help="JSON or TOML config file: its data, backbone, marker, max length "
+                     "and speed keys are used; its fine-tuning keys (epochs, lr, test, ...) are not (the flags here "
+                     "set this command's)")
+    pre.add_argument("--preset", default=None, help="a shipped preset (its backbone, marker and max length)")
+    pre.add_argument("--test", default=None,
+                     help="also train on this file's sentences (its labels are not used; the record says so)")
+    pre.add_argument("--epochs", type=int, default=3, help="passes over the sentences (default: 3)")
+    pre.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (linear warmup, then decay; default: 1e-4)")
+    pre.add_argument("--batch-size", type=int, default=32, help="rows per optimizer step (default: 32)")
+    pre.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (less memory, same update)")
+    pre.add_argument("--mask-prob", type=float, default=0.15, help="share of each row's words masked (default: 0.15)")
+    pre.add_argument("--no-whole-word", dest="whole_word", action="store_false",
+                     help="mask tokens independently (default: whole words where the vocabulary marks word pieces)")
+    pre.add_argument("--warmup-ratio", type=float, default=0.06, help="share of steps warming up (default: 0.06)")
+    pre.add_argument("--seed", type=int, default=1, help="seed of the masks, order and dropout (default: 1)")
+    add_config_flags(pre, only=PRETRAIN_KEYS)
 
     demo = sub.add_parser("demo-data", help="write the generated demo data set")
     demo.add_argument("--out", default="demo-data")
@@ -291,6 +320,22 @@ def _cmd_check(args) -> int:
     return check_data(args.data, cfg, role=args.role, workdir=args.workdir, show_all=args.all, tokens=args.tokens, log=_log)
 
 
+def _cmd_pretrain(args) -> int:
+    from kfold.core.config import make_config, overrides_from_args
+    from kfold.training import PretrainSettings, pick_device, precision_note, pretrain
+
+    # test sentences only with --test on the command line (a run's config file may name a test file)
+    cfg = make_config(args.config, overrides_from_args(args), args.preset).replace(test=args.test or "")
+    settings = PretrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                                mask_prob=args.mask_prob, whole_word=args.whole_word, warmup_ratio=args.warmup_ratio,
+                                seed=args.seed)
+    note = precision_note(cfg.precision, pick_device(cfg.device))
+    if note:
+        _log(note)
+    pretrain(cfg, args.out, settings, use_test=args.test is not None, log=_log)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from kfold.data import write_demo_data
 
@@ -303,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kfold``; returns the exit status (2 for bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
     commands = {"run": _cmd_run, "auto": _cmd_auto, "report": _cmd_report, "predict": _cmd_predict, "variants": _cmd_variants,
-                "presets": _cmd_presets, "check-data": _cmd_check, "demo-data": _cmd_demo}
+                "presets": _cmd_presets, "check-data": _cmd_check, "demo-data": _cmd_demo,
+                "pretrain": _cmd_pretrain}
     return run_command("kfold", commands[args.command], args, "completed folds are kept, rerun the same command to resume")
 
 

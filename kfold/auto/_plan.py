@@ -88,7 +88,7 @@ class Plan:
 def fold_seconds(cfg: Config, size: Size, speed: Speed) -> float:
     """Estimated seconds of one fold: load, train every epoch, score the validation rows after each epoch (and
     the weight average), predict the test rows."""
-    train_mult = (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
+    train_mult = cfg.step_cost()
     predict_mult = 2 if cfg.tta == "swap" else 1
     n_train = size.n_train * (cfg.folds - 1) / cfg.folds
     n_valid = size.n_train / cfg.folds
@@ -102,7 +102,7 @@ def refit_seconds(cfg: Config, size: Size, speed: Speed) -> float:
     trains alone, on every core of a CPU machine (``speed.alone``)."""
     if not cfg.refit:
         return 0.0
-    train_mult = (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
+    train_mult = cfg.step_cost()
     return (speed.load_seconds + cfg.epochs * size.n_train * train_mult / speed.alone
             + size.n_test * (2 if cfg.tta == "swap" else 1) / speed.predict_rows_per_s)
 

@@ -41,6 +41,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "augment": ("none", "swap"),
     "cls_vector": ("auto", "first", "mean"),
     "tta": ("none", "swap"),
+    "adversarial": ("none", "fgm", "awp"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "attn_implementation": ("auto", "eager", "sdpa"),
     "metric": METRICS,
@@ -119,6 +120,16 @@ class Config:
     # rdrop x the symmetric KL between the two predictions (0 = off; doubles the cost of a step)
     rdrop: float = 0.0
     class_weights: str = "none"
+    # adversarial training (kfold.training._adversarial): one perturbation per optimizer step from the whole batch's
+    # gradient, a second pass over the batch at the perturbed point, then the exact weights back. fgm moves the word
+    # embeddings by adv_eps along their gradient (L2 norm over the matrix); awp moves every weight tensor by adv_lr
+    # x its own norm along its gradient, each element at most adv_eps x its size. -1 = the method's default eps
+    # (fgm 1.0, awp 0.01); from epoch adv_start_epoch (1-based) on, 0 = the method's default (fgm 1, awp 2: AWP
+    # from the first epoch made MiniLM predict one label for every SemEval row after epoch 1, docs/techniques.md)
+    adversarial: str = "none"
+    adv_eps: float = -1.0
+    adv_lr: float = 1.0
+    adv_start_epoch: int = 0
     # entity swap (labels with directions, e.g. SemEval): extra training rows / a second prediction
     augment: str = "none"
     tta: str = "none"
@@ -179,6 +190,11 @@ class Config:
             raise ConfigError(f"warmup_ratio = {self.warmup_ratio}: expected 0 <= x <= 1")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema = {self.ema}: expected 0 (off) or a decay 0 < x < 1, e.g. 0.99")
+        if self.adv_eps != -1.0 and not self.adv_eps > 0:
+            raise ConfigError(f"adv_eps = {self.adv_eps}: expected -1 (the method's default) or a size > 0")
+        if not self.adv_lr > 0 or self.adv_start_epoch < 0:
+            raise ConfigError(f"adv_lr = {self.adv_lr}, adv_start_epoch = {self.adv_start_epoch}: expected adv_lr > 0 "
+                              "and a 1-based epoch (0 = the method's default)")
         if self.rdrop < 0:
             raise ConfigError(f"rdrop = {self.rdrop}: expected 0 (off) or a positive weight, e.g. 1.0")
         if not 0.0 < self.layer_lr_decay <= 1.0:
@@ -203,6 +219,22 @@ class Config:
             raise unknown_name("--report-to tracker", unknown[0], TRACKERS)
         if self.lr <= 0 or self.head_lr < 0:
             raise ConfigError(f"lr = {self.lr}, head_lr = {self.head_lr}: expected lr > 0 and head_lr >= 0")
+
+    def step_cost(self) -> float:
+        """Forward-backward passes per training row and epoch, against a plain step's 1: entity-swap augmentation
+        and R-Drop double them, an adversarial pass adds one over the epochs it runs in (the planner's and the
+        executor choice's cost model).
+
+        >>> Config(epochs=4, adversarial="fgm", adv_start_epoch=3).step_cost()
+        1.5
+        """
+        adv = max(0, self.epochs - self.adversarial_from() + 1) / self.epochs if self.adversarial != "none" else 0.0
+        return (2 if self.augment == "swap" else 1) * (2 if self.rdrop else 1) * (1 + adv)
+
+    def adversarial_from(self) -> int:
+        """The first epoch (1-based) with adversarial passes: ``adv_start_epoch``, or the method's default (fgm 1,
+        awp 2) when it is 0."""
+        return self.adv_start_epoch or {"fgm": 1, "awp": 2}.get(self.adversarial, 1)
 
     def averaged_epochs(self) -> range:
         """The 1-based epochs whose end-of-epoch weights ``average_epochs`` averages: the last N, or all of them

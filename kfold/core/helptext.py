@@ -59,6 +59,15 @@ HELP: dict[str, tuple[str, str]] = {
     "label_smoothing": ("training", "label smoothing of the cross-entropy (source competition: 0.05)"),
     "focal_gamma": ("training", "focusing parameter of --loss focal"),
     "rdrop": ("training", "R-Drop weight: each row twice, KL between the two predictions (0 = off; 2x cost)"),
+    "adversarial": ("training", "adversarial training, one perturbation per optimizer step: fgm = word embeddings "
+                                "moved along their gradient, awp = weights moved along theirs; then the batch again, "
+                                "the weights restored (an extra forward and backward pass per step: the epoch log "
+                                "line states its measured share)"),
+    "adv_eps": ("training", "perturbation size (-1 = the method's default): fgm the embeddings' L2 step (1.0), awp "
+                            "each weight's largest move as a share of its size (0.01)"),
+    "adv_lr": ("training", "awp only: the weights' step along their gradient, as a share of each tensor's norm"),
+    "adv_start_epoch": ("training", "first epoch (1-based) with adversarial passes (0 = the method's default: fgm 1, "
+                                    "awp 2)"),
     "class_weights": ("training", "balanced = weight the loss by inverse label frequency"),
     "augment": ("training", "swap = also train on rows with subject and object exchanged (directed labels only)"),
     "tta": ("training", "swap = predict both entity orders and average (directed labels only)"),

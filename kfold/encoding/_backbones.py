@@ -25,7 +25,7 @@ from kfold.core.textio import file_lock, read_json, write_json_atomic
 #: Environment variable naming the toolkit's cache folder (default ``~/.cache/rekfold``).
 CACHE_ENV = "REKFOLD_CACHE"
 #: The build record inside a built folder; written last, so a folder without it is partial.
-RECORD = "rekfold-build.json"
+RECORD = BUILD_RECORD = "rekfold-build.json"
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,33 @@ def ensure_built(name: str, sources: list[Source], convert: Callable[[Path, list
 
 def build_hash(folder: str | Path) -> str | None:
     """The content hash a built folder's record holds (sha256 over its files' names and hashes); None for a
-    folder the toolkit did not build (a packaged or downloaded checkpoint) or one without a readable record."""
+    folder the toolkit did not build (a packaged or downloaded checkpoint), one without a readable record, or one
+    whose files are not the record's (names and sizes: a partial copy)."""
     try:
         record = read_json(Path(folder) / RECORD)
     except StoreError:
         return None
     digest = record.get("content_hash") if isinstance(record, dict) else None
-    return digest if isinstance(digest, str) else None
+    if not isinstance(digest, str) or not _files_match(Path(folder), record.get("files")):
+        return None
+    return digest
+
+
+def _files_match(folder: Path, files) -> bool:
+    """Whether ``folder`` holds exactly the files a record lists, with their sizes (a partial or extended copy does
+    not carry the record's hash)."""
+    try:
+        present = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != RECORD}
+        return present == {name: entry["size"] for name, entry in files.items()}
+    except (OSError, AttributeError, KeyError, TypeError):
+        return False
+
+
+def folder_content(folder: str | Path) -> tuple[dict, str]:
+    """A folder's files (name -> size and sha256) and its content hash (sha256 over the names and hashes), as a
+    build record keeps them."""
+    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(Path(folder).iterdir())}
+    return files, hashlib.sha256("".join(f"{f}\t{v['sha256']}\n" for f, v in files.items()).encode()).hexdigest()
 
 
 def _complete(folder: Path, name: str, sources: list[Source], fmt: int) -> bool:
@@ -114,8 +134,7 @@ def _build(folder: Path, name: str, sources: list[Source], convert, fmt: int) ->
         convert(tmp, sources)
         for p in (tmp, *tmp.iterdir()):  # mkdtemp and atomic writes make private files; others may read a cache
             p.chmod(0o755 if p.is_dir() else 0o644)
-        files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
-        content = hashlib.sha256("".join(f"{f}\t{v['sha256']}\n" for f, v in files.items()).encode()).hexdigest()
+        files, content = folder_content(tmp)
         write_json_atomic(tmp / RECORD, {
             "backbone": name, "format": fmt,
             "sources": [{**s.identity(), "sha256": file_sha256(s.path)} for s in sources],

@@ -45,10 +45,12 @@ def resolve_backbone(name: str) -> str:
 
 
 def built_backbone_hash(name: str) -> str | None:
-    """The content hash of a backbone folder the toolkit built (``me5-small``: builds it first when needed), for
-    the run's identity: a rebuilt folder that differs is other weights. None for a backbone used as found (the
-    packaged MiniLM, a model id or a local folder)."""
-    return build_hash(resolve_backbone(name)) if name in BACKBONE_ALIASES else None
+    """The content hash of a backbone folder the toolkit built (``me5-small``: builds it first when needed) or wrote
+    (``kfold pretrain``), for the run's identity: a rebuilt or re-pretrained folder that differs is other weights.
+    None for a backbone used as found (the packaged MiniLM, a model id, a local folder without a record)."""
+    if name in BACKBONE_ALIASES:
+        return build_hash(resolve_backbone(name))
+    return build_hash(name) if Path(name).is_dir() else None
 
 
 def backbone_slug(name: str) -> str:

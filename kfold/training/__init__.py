@@ -1,12 +1,14 @@
 """Folds and runs: the one training loop (a fold, or the refit on every row), devices and precision, fold maps
 made once and shared, parts computed from values, the executors that compute them (in this process, or on Ray),
 the scheduler that writes their results to the run store, the runner, prediction of new test files with saved
-fold models, and the probe that measures this machine's speed.
+fold models, the probe that measures this machine's speed, and masked-LM pretraining of a backbone on the task's
+sentences (``kfold pretrain``).
 
 Imports the layers below (core, data, encoding, model); ``tuning``, ``kfold.auto`` and the CLI call it. Inside,
 modules are layered too (checked by an import-linter contract in pyproject.toml), top to bottom: ``_runner`` |
 ``_predict``; ``_choose`` (which executor); ``_schedule`` | ``_probe``; ``_inprocess`` | ``_ray``; ``_parts``;
-``_train`` | ``_folds``; ``_resources`` (events, the executor interface, resource rules, torch- and Ray-free).
+``_train`` | ``_folds`` | ``_pretrain``; ``_adversarial`` (FGM, AWP) | ``_device`` (devices, precision, seeds,
+the model a config builds); ``_resources`` (events, the executor interface, resource rules, torch- and Ray-free).
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ _EXPORTS = {
     "train_fold": "._train",
     "FoldData": "._train",
     "FoldResult": "._train",
-    "build_model": "._train",
     "predict": "._train",
     "predict_views": "._train",
-    "pick_device": "._train",
-    "pick_precision": "._train",
-    "pick_attention": "._train",
-    "precision_note": "._train",
-    "compute_line": "._train",
-    "cpu_has_native_bf16": "._train",
-    "seed_everything": "._train",
-    "fold_seed": "._train",
+    # _device
+    "build_model": "._device",
+    "pick_device": "._device",
+    "pick_precision": "._device",
+    "pick_attention": "._device",
+    "precision_note": "._device",
+    "compute_line": "._device",
+    "cpu_has_native_bf16": "._device",
+    "seed_everything": "._device",
+    "fold_seed": "._device",
     # _folds
     "FoldMap": "._folds",
     "make_fold_map": "._folds",
@@ -73,6 +76,9 @@ _EXPORTS = {
     "NAMING_KEYS": "._runner",
     # _predict
     "predict_run": "._predict",
+    # _pretrain
+    "pretrain": "._pretrain",
+    "PretrainSettings": "._pretrain",
     # _probe
     "Speed": "._resources",
     "probe_speed": "._probe",

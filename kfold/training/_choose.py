@@ -47,7 +47,7 @@ BEST_GAIN = 1.25
 MARGIN = 1.15
 #: The settings the arrangement's measurement depends on (its cache key, with the data and the machine).
 SPEED_KEYS = ("backbone", "variant", "marker", "max_len", "batch_size", "eval_batch_size", "precision",
-              "attn_implementation", "grad_checkpointing", "length_grouping", "rdrop", "augment", "device",
+              "attn_implementation", "grad_checkpointing", "length_grouping", "augment", "device",
               "cpus_per_fold", "max_parallel", "threads")
 
 
@@ -102,9 +102,9 @@ class Work:
 
 def part_row_epochs(cfg: Config, n_rows: int, refit: bool = False) -> float:
     """Training rows x epochs of one part of a run on ``n_rows`` rows: a fold's training part, or every row for
-    the refit (entity-swap augmentation and R-Drop double it)."""
+    the refit (x ``cfg.step_cost()``: entity-swap augmentation, R-Drop, adversarial passes)."""
     rows = n_rows if refit else n_rows * (cfg.folds - 1) / cfg.folds
-    return rows * cfg.epochs * (2 if cfg.augment == "swap" else 1) * (2 if cfg.rdrop else 1)
+    return rows * cfg.epochs * cfg.step_cost()
 
 
 def work_of(cfgs: list[Config], n_rows: int) -> Work:

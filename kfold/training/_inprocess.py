@@ -9,7 +9,7 @@ from typing import Callable
 
 from ._parts import PartSpec, RunPayload, compute_part
 from ._resources import Event, available_cores
-from ._train import pick_device
+from ._device import pick_device
 
 
 class InProcessExecutor:

@@ -20,7 +20,8 @@ from kfold.core.config import Config
 from kfold.core.store import REFIT
 from kfold.encoding import Features, concat_features
 
-from ._train import FoldData, pick_device, train_fold
+from ._device import pick_device
+from ._train import FoldData, train_fold
 
 
 @dataclass

@@ -36,7 +36,8 @@ def predict_run(run_dir: str | Path, test_file: str | Path, out: str | Path | No
 
     from kfold.encoding import load_tokenizer_dir
 
-    from ._train import build_model, pick_device, pick_precision, predict_views
+    from ._device import build_model, pick_device, pick_precision
+    from ._train import predict_views
 
     run = RunDir(run_dir)
     raw = run.read_config()

@@ -18,7 +18,8 @@ from kfold.encoding import (Features, encode_cached, entity_types, length_groupe
 
 from ._parts import PartResult, PartSpec
 from ._resources import Speed, available_cores
-from ._train import FoldData, build_model, pick_device, pick_precision, predict, train_fold
+from ._device import build_model, pick_device, pick_precision
+from ._train import FoldData, predict, train_fold
 
 __all__ = ["Speed", "ProbeSample", "probe_sample", "probe_sample_of_data", "probe_speed", "measure_here", "measure_slots"]
 
@@ -124,7 +125,10 @@ def _measure(cfg: Config, spec: PartSpec, sample: ProbeSample, model_factory: Ca
     else:
         model = build_model(cfg, len(names), spec.vocab_size, device, pick_precision(cfg.precision, device))
     load = time.perf_counter() - t0
-    probe_cfg = cfg.replace(epochs=1, average_epochs=0, epoch_scores=True, ema=0.0, refit=False, save_models=False)
+    # plain steps: R-Drop's and adversarial training's extra passes are counted by the cost model (Config.step_cost)
+    # on top of the measured rate, so measuring them here too would count them twice
+    probe_cfg = cfg.replace(epochs=1, average_epochs=0, epoch_scores=True, ema=0.0, refit=False, save_models=False,
+                            rdrop=0.0, adversarial="none")
 
     def train() -> float:
         res = train_fold(probe_cfg, names, FoldData(sample.train, sample.y_train, sample.valid, sample.y_valid),

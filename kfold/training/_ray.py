@@ -98,12 +98,13 @@ class _Lines(io.TextIOBase):
 
 
 def node_report(backbone: str) -> dict:
-    """What a node has: versions of Python, torch, transformers and rekfold, and whether ``backbone`` is there
-    (the packaged MiniLM, a local folder, or a model in its Hugging Face cache: nothing is downloaded)."""
+    """What a node has: versions of Python, torch, transformers and rekfold, whether ``backbone`` is there (the
+    packaged MiniLM, a local folder, or a model in its Hugging Face cache: nothing is downloaded) and, for a folder
+    the toolkit built or pretrained, its content hash (the same path may hold other weights on another node)."""
     import importlib.metadata as md
     import platform
 
-    from kfold.encoding import resolve_backbone
+    from kfold.encoding import built_backbone_hash, resolve_backbone
 
     versions = {"python": platform.python_version()}
     for name in ("torch", "transformers", "rekfold"):
@@ -118,7 +119,8 @@ def node_report(backbone: str) -> dict:
         present = True
     except Exception:  # noqa: BLE001 - any failure to find it locally means the part could not load it
         present = False
-    return {"versions": versions, "backbone": present, "host": socket.gethostname()}
+    digest = built_backbone_hash(backbone) if present else None
+    return {"versions": versions, "backbone": present, "backbone_hash": digest, "host": socket.gethostname()}
 
 
 @ray.remote(num_cpus=0)
@@ -154,6 +156,10 @@ def check_nodes(backbones: list[str], report: Callable = node_report, timeout: f
             if not theirs["backbone"]:
                 problems.append(f"{where}: backbone '{backbone}' is not there (install it or put it in the node's "
                                 "Hugging Face cache; nothing is downloaded)")
+            elif theirs.get("backbone_hash") != mine[backbone].get("backbone_hash"):
+                problems.append(f"{where}: backbone '{backbone}' holds other weights (content hash "
+                                f"{str(theirs.get('backbone_hash'))[:12]}, this machine's {str(mine[backbone].get('backbone_hash'))[:12]}; "
+                                "copy this machine's folder there)")
     if problems:
         raise ConfigError(f"{len(problems)} mismatch(es) between this machine and the cluster's nodes; nothing was "
                           "submitted:\n  " + "\n  ".join(problems))

@@ -24,7 +24,7 @@ from ._folds import FoldMap, fold_map_for
 from ._parts import RunPayload, Swapped
 from ._probe import probe_sample
 from ._schedule import Job, RunOutcome, run_jobs
-from ._train import compute_line
+from ._device import compute_line
 
 #: Settings that do not change a run's numbers; they may differ between invocations of one run.
 #: (How the data is read, offsets and too-far rows, shows in the data hash and the token features: a file read
@@ -41,7 +41,8 @@ PLACEMENT_KEYS = ("threads", "save_models", "eval_batch_size", "device", "auto_m
 NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "folds", "fold_seed", "group", "no_relation")
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
           "warmup_ratio": "wu", "weight_decay": "wd", "activation": "act", "class_weights": "cw",
-          "average_epochs": "avg", "layer_lr_decay": "lld", "backbone_dropout": "bdrop", "attention_dropout": "adrop"}
+          "average_epochs": "avg", "layer_lr_decay": "lld", "backbone_dropout": "bdrop", "attention_dropout": "adrop",
+          "adversarial": "adv", "adv_start_epoch": "adv_from"}
 
 
 def run_name(cfg: Config, tag: str = "") -> str:
@@ -77,7 +78,7 @@ def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap, bac
     # rows left out by --bad-rows skip change the data (and so the fold map): say so, it is the likely reason
     why = (f" ({skipped_now} training rows left out by --bad-rows skip now, {skipped_then} when the run was made)"
            if skipped_now != skipped_then else "")
-    if old.get("backbone_hash", "") != backbone_hash:  # a backbone the toolkit built (me5-small), rebuilt otherwise
+    if old.get("backbone_hash", "") != backbone_hash:  # a folder the toolkit built (me5-small) or pretrained, redone since
         raise StoreError(f"{run.config_path}: field 'backbone_hash': the run was made with other weights of backbone "
                          f"'{cfg.backbone}' (found {old.get('backbone_hash') or 'none'!r}, now {backbone_hash!r}); "
                          "use another --workdir or --tag")

@@ -1,11 +1,11 @@
-"""Training one fold: a flat loop that reads top to bottom (no callback framework)."""
+"""Training one fold: a loop that reads top to bottom (no callback framework), in named pieces: the set-up, one
+optimisation step (with its adversarial pass), one epoch, and the choice of the weights kept (the best epoch or the
+epochs' average), with evaluation on the fold's validation rows only."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,15 +16,16 @@ import torch
 from tqdm.auto import tqdm
 
 from kfold.core.config import Config
-from kfold.core.errors import ConfigError, TrainingError
+from kfold.core.errors import TrainingError
 from kfold.core.metrics import all_scores, auprc_labels, better, format_scores, softmax
-from kfold.core.variants import get_variant
 from kfold.data import unswap_logits
 from kfold.encoding import (Features, accumulation_steps, collate, find_micro_batch, is_oom, length_grouped_batches,
                             padding_share, shuffled_batches, sorted_batches, split_micro)
 from kfold.model import (RelationLoss, RelationModel, class_weight_vector, enable_checkpointing, linear_schedule,
-                         load_backbone, param_groups, rdrop_kl, weight_average)
+                         param_groups, rdrop_kl, weight_average)
 
+from ._adversarial import AWP, FGM, make_adversary
+from ._device import autocast, build_model, fold_seed, pick_device, pick_precision, seed_everything
 from ._resources import epoch_line
 
 
@@ -59,116 +60,6 @@ class FoldResult:
     micro_batch: int = 0
     accum_steps: int = 1
     state_dict: dict | None = None
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def fold_seed(seed: int, fold: int) -> int:
-    """The training seed of one fold: folds differ, and a fold is the same whatever process trains it."""
-    return seed * 1000 + fold
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA, then MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device = cuda, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products in hardware (AMX or AVX512-BF16). There bf16
-    autocast trains faster than fp32; elsewhere bf16 is emulated and slower."""
-    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(torch.cpu, name, None)  # private helpers of torch.cpu; absent -> assume no
-        try:
-            if check is not None and check():
-                return True
-        except RuntimeError:
-            continue
-    return False
-
-
-def precision_note(name: str, device: torch.device) -> str | None:
-    """A one-line note on the CPU's bf16: what ``auto`` chose, or a warning when bf16 was asked for where it is
-    emulated (several times slower than fp32). None on other devices."""
-    if device.type != "cpu":
-        return None
-    native = cpu_has_native_bf16()
-    if name == "auto":
-        return ("note: this CPU computes bf16 in hardware (AMX/AVX512-BF16): --precision auto trains in bf16 "
-                "(--precision fp32 to opt out)" if native else
-                "note: this CPU has no bf16 hardware (AMX/AVX512-BF16), where bf16 is emulated and slower: "
-                "--precision auto trains in fp32")
-    if name == "bf16" and not native:
-        return "warning: --precision bf16 on a CPU without AMX or AVX512-BF16 is emulated and slower than fp32"
-    return None
-
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA when supported, else fp16; on the CPU bf16
-    where it computes bf16 in hardware (faster there), fp32 where bf16 would be emulated; fp32 elsewhere."""
-    if name == "fp32" or (name == "auto" and device.type not in ("cuda", "cpu")):
-        return None
-    if name == "auto" and device.type == "cpu":
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError("precision = fp16 needs CUDA (the gradient scaler is CUDA-only); use bf16 or fp32")
-    return torch.bfloat16 if name == "bf16" else torch.float16
-
-
-def pick_attention(name: str, device: torch.device, dtype: torch.dtype | None) -> str | None:
-    """The attention kernel for transformers (None = its default, fused SDPA). ``auto``: "eager" for bf16 on
-    the CPU, where it trains 1.08x faster than SDPA with attention dropout and 1.63x faster without
-    (benchmarks/attention_cpu.py), else the default."""
-    if name != "auto":
-        return name
-    return "eager" if device.type == "cpu" and dtype == torch.bfloat16 else None
-
-
-def compute_line(cfg: Config) -> str:
-    """What a run computes with: ``backbone minilm (path), attention sdpa, precision fp32 on cpu``."""
-    from kfold.encoding import resolve_backbone
-
-    device = pick_device(cfg.device)
-    dtype = pick_precision(cfg.precision, device)
-    kernel = pick_attention(cfg.attn_implementation, device, dtype) or "sdpa"
-    path = resolve_backbone(cfg.backbone)
-    where = f" ({path})" if path != cfg.backbone else ""
-    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    return f"backbone {cfg.backbone}{where}, attention {kernel}, precision {precision} on {device.type}"
-
-
-def build_model(cfg: Config, num_labels: int, vocab_size: int | None, device: torch.device | None = None,
-                dtype: torch.dtype | None = None) -> RelationModel:
-    """Backbone (Auto classes) + the variant's head, with the config's activation/pool/dropout overrides.
-    ``device`` / ``dtype``: where and in which autocast dtype the model will run (default: CPU, fp32), for
-    ``cfg.attn_implementation`` = auto (see ``pick_attention``)."""
-    variant = get_variant(cfg.variant).with_overrides(cfg.activation, cfg.pool)
-    attention = pick_attention(cfg.attn_implementation, device or torch.device("cpu"), dtype)
-    backbone, has_pooler = load_backbone(cfg.backbone, variant.use_pooler and cfg.cls_vector == "auto", vocab_size,
-                                         backbone_dropout=cfg.backbone_dropout, attention_dropout=cfg.attention_dropout,
-                                         attn_implementation=attention)
-    cls_vector = "pooler" if has_pooler else "first" if cfg.cls_vector == "auto" else cfg.cls_vector
-    return RelationModel(backbone, variant, num_labels, cfg.dropout, cls_vector)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def predict(model: torch.nn.Module, feats: Features, batch_size: int, device: torch.device, pad_id: int,
@@ -206,12 +97,43 @@ def _predict(model, feats: Features, batch_size: int, device: torch.device, pad_
     out = np.zeros((len(feats), model.classifier[-1].out_features), dtype=np.float32)
     for idx in sorted_batches(feats.lengths, batch_size):
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(feats, idx, pad_id).items()}
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = model(**batch)["logits"]
         # logits are stored as float32 whatever the compute precision: bf16 keeps only ~3 digits,
         # too few for temperature scaling and blending later
         out[idx] = logits.float().cpu().numpy()
     return out
+
+
+@dataclass
+class _Fold:
+    """One fold's training as it goes: what ``_setup`` builds and the steps below read and update."""
+
+    cfg: Config
+    data: FoldData
+    where: str
+    device: torch.device
+    dtype: torch.dtype | None
+    pad_id: int
+    seed: int
+    model: RelationModel
+    forward: Callable
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: torch.optim.swa_utils.AveragedModel | None
+    adversary: FGM | AWP | None
+    micro: int = 0
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+    nonfinite_streak: int = 0
+    averaged: torch.nn.Module | None = None  # --average-epochs: the average, once made (see _Choice.final)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is evaluated, selected and saved: the epochs' average once made, else the EMA copy with ``--ema``,
+        else the trained model."""
+        if self.averaged is not None:
+            return self.averaged
+        return self.ema.module if self.ema is not None else self.model
 
 
 def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad_id: int, vocab_size: int | None,
@@ -242,7 +164,34 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
     -------
     >>> res = train_fold(Config(epochs=1), names, FoldData(tr, ytr, va, yva), pad_id=0, vocab_size=None)  # doctest: +SKIP
     """
-    where = where or f"{desc} fold {fold}"
+    f = _setup(cfg, len(label_names), data, pad_id, vocab_size, fold, model_factory, where or f"{desc} fold {fold}")
+    choice = _Choice(f, label_names, keep_epoch)
+    history: list[dict] = []
+    train_seconds, train_rows, pad_shares = 0.0, 0, []
+    for epoch in range(cfg.epochs):
+        loss, seconds, adv_seconds, pad = _train_epoch(f, epoch)
+        train_seconds += seconds
+        train_rows += len(data.train)
+        pad_shares.append(pad)
+        choice.after_epoch(epoch, loss, seconds, adv_seconds, history, log)
+    valid_logits, best_epoch, best_scores = choice.final(history, log)
+    test_logits = None
+    if data.test is not None:
+        test_logits = predict_views(f.eval_model, data.test, data.test_swapped, data.swap_perm, cfg.eval_batch_size,
+                                    f.device, pad_id, f.dtype)
+        if not np.isfinite(test_logits).all():
+            raise TrainingError(f"{f.where}: test logits are not finite")
+    return FoldResult(
+        valid_logits=valid_logits, test_logits=test_logits, best_epoch=best_epoch, metrics=best_scores,
+        history=history, train_seconds=train_seconds, train_examples_per_s=train_rows / max(train_seconds, 1e-9),
+        padding_share=float(np.mean(pad_shares)), micro_batch=f.micro, accum_steps=accumulation_steps(cfg.batch_size, f.micro),
+        state_dict=copy.deepcopy({k: v.cpu() for k, v in f.eval_model.state_dict().items()}) if cfg.save_models else None,
+    )
+
+
+def _setup(cfg: Config, num_labels: int, data: FoldData, pad_id: int, vocab_size: int | None, fold: int,
+           model_factory: Callable[[], RelationModel] | None, where: str) -> _Fold:
+    """Seeds, the model with its loss, optimizer, scaler, weight averages, adversary, micro-batch and schedule."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -252,156 +201,206 @@ def train_fold(cfg: Config, label_names: tuple[str, ...], data: FoldData, *, pad
         torch.set_float32_matmul_precision("high")
     seed = fold_seed(cfg.seed, fold)
     seed_everything(seed)
-    num_labels = len(label_names)
     model = model_factory() if model_factory else build_model(cfg, num_labels, vocab_size, device, dtype)
     model.loss_fn = RelationLoss(cfg.loss, cfg.label_smoothing, cfg.focal_gamma,
                                  class_weight_vector(data.y_train, num_labels, cfg.class_weights))
     if cfg.grad_checkpointing:
         enable_checkpointing(model.backbone)
     model.to(device)
-    forward = torch.compile(model, dynamic=True) if cfg.compile else model
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    # --ema: an exponential moving average of the weights is what gets evaluated, selected and saved
-    # (a second copy of the model; the raw weights keep training)
-    averaged = weight_average(model, cfg.ema) if cfg.ema else None
-    eval_model = averaged.module if averaged is not None else model
-    # --average-epochs N: the mean of the weights at the ends of the last N epochs replaces epoch selection
-    # (made at the first of those epochs, so the copy costs no memory before)
-    epoch_average: torch.optim.swa_utils.AveragedModel | None = None
-    averaged_epochs = cfg.averaged_epochs()
-
-    def run_micro(idx: np.ndarray, scale: float) -> torch.Tensor:
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(data.train, idx, pad_id, data.y_train).items()}
-        if cfg.rdrop:  # R-Drop: every row twice in one pass, so each copy gets its own dropout masks
-            batch = {k: torch.cat([v, v]) for k, v in batch.items()}
-        with _autocast(device, dtype):
-            out = forward(**batch)
-            loss = out["loss"] + cfg.rdrop * rdrop_kl(out["logits"]) if cfg.rdrop else out["loss"]
-        scaler.scale(loss * scale).backward()
-        return loss.detach()
-
-    def evaluate(m: torch.nn.Module, what: str) -> tuple[np.ndarray, dict]:
-        """Logits and scores of this fold's validation rows (model selection sees nothing else)."""
-        logits = predict_views(m, data.valid, data.valid_swapped, data.swap_perm, cfg.eval_batch_size, device, pad_id, dtype)
-        if not np.isfinite(logits).all():
-            raise TrainingError(f"{where} {what}: validation logits are not finite")
-        return logits, all_scores(data.y_valid, softmax(logits), label_names, cfg.no_relation or None)
-
-    auprc_over = auprc_labels(data.y_valid, num_labels)  # the labels the validation rows hold (log lines say so)
-    micro = math.ceil(cfg.batch_size / cfg.grad_accum)
+    f = _Fold(cfg, data, where, device, dtype, pad_id, seed, model,
+              forward=torch.compile(model, dynamic=True) if cfg.compile else model,
+              optimizer=torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cuda", "cpu")),
+              scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
+              # --ema: an exponential moving average of the weights is what gets evaluated, selected and saved
+              # (a second copy of the model; the raw weights keep training)
+              ema=weight_average(model, cfg.ema) if cfg.ema else None,
+              adversary=make_adversary(model, cfg.adversarial, cfg.adv_eps, cfg.adv_lr))
+    f.micro = math.ceil(cfg.batch_size / cfg.grad_accum)
     if cfg.auto_micro_batch:
         longest = np.argsort(-data.train.lengths, kind="stable")[: cfg.batch_size]
         model.train()
 
         def probe(m: int) -> None:
-            run_micro(longest[:m], 0.0)
-            optimizer.zero_grad(set_to_none=True)
+            _micro_pass(f, longest[:m], 0.0)
+            f.optimizer.zero_grad(set_to_none=True)
 
         def release() -> None:
-            optimizer.zero_grad(set_to_none=True)
+            f.optimizer.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-        micro = min(micro, find_micro_batch(cfg.batch_size, probe, release))
+        f.micro = min(f.micro, find_micro_batch(cfg.batch_size, probe, release))
         seed_everything(seed)  # the probe used dropout randomness; start training from the same state
-    accum = accumulation_steps(cfg.batch_size, micro)
-
     # one optimizer step per batch of batch_size rows: the scheduler counts optimizer steps, not
     # micro-batches, so warmup and decay do not depend on how the batch was split to fit in memory
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, round(cfg.warmup_ratio * total_steps)))
+    total_steps = math.ceil(len(data.train) / cfg.batch_size) * cfg.epochs
+    f.scheduler = torch.optim.lr_scheduler.LambdaLR(f.optimizer, linear_schedule(total_steps, round(cfg.warmup_ratio * total_steps)))
+    return f
 
-    best: tuple[float, int, np.ndarray, dict, dict | None] | None = None
-    no_rows = np.zeros((0, num_labels), dtype=np.float32)  # the refit has no validation rows to predict
-    history: list[dict] = []
-    train_seconds, train_rows, pad_shares = 0.0, 0, []
-    nonfinite_streak = 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        epoch_seed = seed * 100 + epoch
-        if cfg.length_grouping:
-            batches = length_grouped_batches(data.train.lengths, cfg.batch_size, epoch_seed)
-        else:
-            batches = shuffled_batches(len(data.train), cfg.batch_size, epoch_seed)
-        pad_shares.append(padding_share(data.train, [m for b in batches for m in split_micro(b, micro)]))
-        bar = tqdm(batches, desc=f"{where} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   file=sys.stderr, disable=None, dynamic_ncols=True)
-        losses = []
-        t0 = time.perf_counter()
-        for step, batch_idx in enumerate(bar):
-            # each micro-batch's mean loss is weighted by its share of the batch's rows, so the summed
-            # gradient is the batch mean even when the last micro-batch (or the epoch's last batch) is short
-            # (summed on the device, read once per step: a host sync per micro-batch would stall a GPU)
-            step_loss_t = sum(run_micro(idx, len(idx) / len(batch_idx)) * (len(idx) / len(batch_idx))
-                              for idx in split_micro(batch_idx, micro))
-            step_loss = float(step_loss_t)
-            if not math.isfinite(step_loss):
-                nonfinite_streak += 1
-                # in fp16 an overflow is the scaler's to handle (it skips the step and lowers the scale);
-                # anywhere else, or when it keeps happening, the run is broken
-                if dtype != torch.float16 or nonfinite_streak > 8:
-                    raise TrainingError(f"{where} epoch {epoch + 1} step {step + 1}: loss is {step_loss} "
-                                        f"(lower --lr, check the data, or use --precision bf16/fp32)")
-            else:
-                nonfinite_streak = 0
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            losses.append(step_loss)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        bar.close()
-        epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
-        train_rows += len(data.train)
 
+def _micro_pass(f: _Fold, idx: np.ndarray, scale: float) -> torch.Tensor:
+    """Forward and backward of one micro-batch, its loss weighted by ``scale``; the unweighted loss, detached."""
+    cfg = f.cfg
+    batch = {k: v.to(f.device, non_blocking=True) for k, v in collate(f.data.train, idx, f.pad_id, f.data.y_train).items()}
+    if cfg.rdrop:  # R-Drop: every row twice in one pass, so each copy gets its own dropout masks
+        batch = {k: torch.cat([v, v]) for k, v in batch.items()}
+    with autocast(f.device, f.dtype):
+        out = f.forward(**batch)
+        loss = out["loss"] + cfg.rdrop * rdrop_kl(out["logits"]) if cfg.rdrop else out["loss"]
+    f.scaler.scale(loss * scale).backward()
+    return loss.detach()
+
+
+def _batch_pass(f: _Fold, batch_idx: np.ndarray) -> torch.Tensor:
+    """Forward and backward over a batch's micro-batches; the gradients add up to the batch mean's."""
+    # each micro-batch's mean loss is weighted by its share of the batch's rows, so the summed gradient is
+    # the batch mean even when the last micro-batch (or the epoch's last batch) is short (summed on the
+    # device, read once per step: a host sync per micro-batch would stall a GPU)
+    return sum(_micro_pass(f, idx, len(idx) / len(batch_idx)) * (len(idx) / len(batch_idx))
+               for idx in split_micro(batch_idx, f.micro))
+
+
+def _adversarial_pass(f: _Fold, batch_idx: np.ndarray) -> tuple[float, float]:
+    """``--adversarial``: perturb from the whole batch's gradient (one perturbation per optimizer step, so the
+    update does not depend on the micro-batch size a machine picked), run the batch again at the perturbed point,
+    restore. Returns its loss and seconds (0 and 0 when the gradients gave no direction)."""
+    t0 = time.perf_counter()
+    adversary = f.adversary
+    try:
+        if not adversary.attack():
+            return 0.0, 0.0
+        if not adversary.keeps_clean_grads:
+            f.optimizer.zero_grad(set_to_none=True)
+        loss = float(_batch_pass(f, batch_idx))
+    finally:
+        adversary.restore()  # whatever stops the pass (an error, Ctrl-C), the weights are the clean ones
+    return loss, time.perf_counter() - t0  # float(loss) waited for the pass's kernels (CUDA runs them async)
+
+
+def _optimizer_step(f: _Fold, batch_idx: np.ndarray, epoch: int, step: int) -> tuple[float, float]:
+    """One optimisation step on one batch: the clean pass, the adversarial pass (from ``--adv-start-epoch``), then
+    unscale, clip, step and the EMA update (after the restore). Returns the clean loss and the adversarial seconds."""
+    cfg = f.cfg
+    step_loss = float(_batch_pass(f, batch_idx))
+    if not math.isfinite(step_loss):
+        f.nonfinite_streak += 1
+        # in fp16 an overflow is the scaler's to handle (it skips the step and lowers the scale);
+        # anywhere else, or when it keeps happening, the run is broken
+        if f.dtype != torch.float16 or f.nonfinite_streak > 8:
+            raise TrainingError(f"{f.where} epoch {epoch + 1} step {step + 1}: loss is {step_loss} "
+                                f"(lower --lr, check the data, or use --precision bf16/fp32)")
+    else:
+        f.nonfinite_streak = 0
+    adv_seconds = 0.0
+    if f.adversary is not None and epoch + 1 >= cfg.adversarial_from():
+        adv_loss, adv_seconds = _adversarial_pass(f, batch_idx)
+        # a non-finite loss at the perturbed point would step NaN into the weights (fp16: the scaler skips it)
+        if not math.isfinite(adv_loss) and f.dtype != torch.float16:
+            raise TrainingError(f"{f.where} epoch {epoch + 1} step {step + 1}: the {cfg.adversarial} pass's loss is "
+                                f"{adv_loss} (lower --adv-eps, or --adv-lr for awp)")
+    f.scaler.unscale_(f.optimizer)
+    torch.nn.utils.clip_grad_norm_(f.model.parameters(), cfg.max_grad_norm)
+    f.scaler.step(f.optimizer)
+    f.scaler.update()
+    f.optimizer.zero_grad(set_to_none=True)
+    f.scheduler.step()
+    if f.ema is not None:
+        f.ema.update_parameters(f.model)
+    return step_loss, adv_seconds
+
+
+def _train_epoch(f: _Fold, epoch: int) -> tuple[float, float, float, float]:
+    """One pass over the fold's training part; its mean loss, seconds, adversarial seconds and padding share."""
+    cfg, data = f.cfg, f.data
+    f.model.train()
+    epoch_seed = f.seed * 100 + epoch
+    if cfg.length_grouping:
+        batches = length_grouped_batches(data.train.lengths, cfg.batch_size, epoch_seed)
+    else:
+        batches = shuffled_batches(len(data.train), cfg.batch_size, epoch_seed)
+    pad = padding_share(data.train, [m for b in batches for m in split_micro(b, f.micro)])
+    bar = tqdm(batches, desc=f"{f.where} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               file=sys.stderr, disable=None, dynamic_ncols=True)
+    losses, adv_seconds = [], 0.0
+    t0 = time.perf_counter()
+    for step, batch_idx in enumerate(bar):
+        loss, adv = _optimizer_step(f, batch_idx, epoch, step)
+        losses.append(loss)
+        adv_seconds += adv
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    bar.close()
+    return float(np.mean(losses)), time.perf_counter() - t0, adv_seconds, pad
+
+
+class _Choice:
+    """Which weights a fold keeps: scores the validation rows after each epoch and keeps the best epoch's weights,
+    or (``--average-epochs``) averages the last epochs' weights; the refit, with no validation rows, keeps the
+    epoch given (default the last) or the average."""
+
+    def __init__(self, f: _Fold, label_names: tuple[str, ...], keep_epoch: int | None) -> None:
+        self.f, self.label_names, self.keep_epoch = f, label_names, keep_epoch
+        self.auprc_over = auprc_labels(f.data.y_valid, len(label_names))  # the labels the validation rows hold
+        self.no_rows = np.zeros((0, len(label_names)), dtype=np.float32)  # the refit has no validation rows to predict
+        self.averaged_epochs = f.cfg.averaged_epochs()
+        self.epoch_average: torch.optim.swa_utils.AveragedModel | None = None
+        self.best: tuple[float, int, np.ndarray, dict, dict | None] | None = None
+
+    def evaluate(self, m: torch.nn.Module, what: str) -> tuple[np.ndarray, dict]:
+        """Logits and scores of this fold's validation rows (model selection sees nothing else)."""
+        f = self.f
+        logits = predict_views(m, f.data.valid, f.data.valid_swapped, f.data.swap_perm, f.cfg.eval_batch_size, f.device,
+                               f.pad_id, f.dtype)
+        if not np.isfinite(logits).all():
+            raise TrainingError(f"{f.where} {what}: validation logits are not finite")
+        return logits, all_scores(f.data.y_valid, softmax(logits), self.label_names, f.cfg.no_relation or None)
+
+    def after_epoch(self, epoch: int, loss: float, seconds: float, adv_seconds: float, history: list[dict],
+                    log: Callable[[str], None]) -> None:
+        """Score the epoch (unless averaging with --no-epoch-scores), log it, and keep its weights if chosen."""
+        f, cfg = self.f, self.f.cfg
         # model selection on this fold's validation part only; the test set is never scored here
-        scored = len(data.valid) and (cfg.epoch_scores or not cfg.average_epochs)
-        valid_logits, scores = evaluate(eval_model, f"epoch {epoch + 1}") if scored else (no_rows, {})
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(epoch_seconds, 2), **scores})
-        shown = f" {format_scores(scores, auprc_over)}" if scores else ""
-        log(epoch_line(f"{where} epoch {epoch + 1}: loss {np.mean(losses):.4f}{shown} ({epoch_seconds:.0f}s)", history[-1]))
+        scored = len(f.data.valid) and (cfg.epoch_scores or not cfg.average_epochs)
+        valid_logits, scores = self.evaluate(f.eval_model, f"epoch {epoch + 1}") if scored else (self.no_rows, {})
+        history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": round(seconds, 2),
+                        **({"adv_seconds": round(adv_seconds, 2)} if f.adversary is not None else {}), **scores})
+        shown = f" {format_scores(scores, self.auprc_over)}" if scores else ""
+        log(epoch_line(f"{f.where} epoch {epoch + 1}: loss {loss:.4f}{shown} ({_seconds_note(cfg, seconds, adv_seconds)})",
+                       history[-1]))
         if cfg.average_epochs:
-            if epoch + 1 in averaged_epochs:
-                if epoch_average is None:
-                    epoch_average = weight_average(model)
-                epoch_average.update_parameters(model)
-            continue
+            if epoch + 1 in self.averaged_epochs:
+                if self.epoch_average is None:  # made at the first averaged epoch: no memory spent before
+                    self.epoch_average = weight_average(f.model)
+                self.epoch_average.update_parameters(f.model)
+            return
         # without validation rows (the refit) there is nothing to choose on: keep the epoch given, else the last
-        chosen = (epoch + 1 == (keep_epoch or cfg.epochs) if not len(data.valid)
-                  else best is None or better(cfg.metric, scores[cfg.metric], best[0]))
+        chosen = (epoch + 1 == (self.keep_epoch or cfg.epochs) if not len(f.data.valid)
+                  else self.best is None or better(cfg.metric, scores[cfg.metric], self.best[0]))
         if chosen:
             last = epoch == cfg.epochs - 1
-            state = None if last else {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()}
-            best = (scores.get(cfg.metric, float("nan")), epoch + 1, valid_logits, scores, state)
+            state = None if last else {k: v.detach().to("cpu", copy=True) for k, v in f.eval_model.state_dict().items()}
+            self.best = (scores.get(cfg.metric, float("nan")), epoch + 1, valid_logits, scores, state)
 
-    if epoch_average is not None:
-        eval_model = epoch_average.module
-        what = f"weights averaged over epochs {averaged_epochs[0]}-{averaged_epochs[-1]}"
-        valid_logits, scores = evaluate(eval_model, what) if len(data.valid) else (no_rows, {})
-        history.append({"epoch": "average", "averaged_epochs": list(averaged_epochs), **scores})
-        log(f"{where} {what}" + (f": {format_scores(scores, auprc_over)}" if scores else ""))
-        best = (scores.get(cfg.metric, float("nan")), cfg.epochs, valid_logits, scores, None)
-    assert best is not None
-    _, best_epoch, valid_logits, best_scores, state = best
-    if state is not None:
-        eval_model.load_state_dict(state)
-    test_logits = None
-    if data.test is not None:
-        test_logits = predict_views(eval_model, data.test, data.test_swapped, data.swap_perm, cfg.eval_batch_size,
-                                    device, pad_id, dtype)
-        if not np.isfinite(test_logits).all():
-            raise TrainingError(f"{where}: test logits are not finite")
-    return FoldResult(
-        valid_logits=valid_logits, test_logits=test_logits, best_epoch=best_epoch, metrics=best_scores,
-        history=history, train_seconds=train_seconds, train_examples_per_s=train_rows / max(train_seconds, 1e-9),
-        padding_share=float(np.mean(pad_shares)), micro_batch=micro, accum_steps=accum,
-        state_dict=copy.deepcopy({k: v.cpu() for k, v in eval_model.state_dict().items()}) if cfg.save_models else None,
-    )
+    def final(self, history: list[dict], log: Callable[[str], None]) -> tuple[np.ndarray, int, dict]:
+        """Put the kept weights in place (``f.eval_model``); the validation logits, epoch and scores they give."""
+        f, cfg = self.f, self.f.cfg
+        if self.epoch_average is not None:
+            f.averaged = self.epoch_average.module
+            what = f"weights averaged over epochs {self.averaged_epochs[0]}-{self.averaged_epochs[-1]}"
+            valid_logits, scores = self.evaluate(f.eval_model, what) if len(f.data.valid) else (self.no_rows, {})
+            history.append({"epoch": "average", "averaged_epochs": list(self.averaged_epochs), **scores})
+            log(f"{f.where} {what}" + (f": {format_scores(scores, self.auprc_over)}" if scores else ""))
+            self.best = (scores.get(cfg.metric, float("nan")), cfg.epochs, valid_logits, scores, None)
+        assert self.best is not None
+        _, best_epoch, valid_logits, best_scores, state = self.best
+        if state is not None:
+            f.eval_model.load_state_dict(state)
+        return valid_logits, best_epoch, best_scores
+
+
+def _seconds_note(cfg: Config, seconds: float, adv_seconds: float) -> str:
+    """``12s``; with adversarial passes their share and the cost against the same steps without them."""
+    if cfg.adversarial == "none" or adv_seconds <= 0:
+        return f"{seconds:.0f}s"
+    return (f"{seconds:.0f}s, {cfg.adversarial} passes {adv_seconds:.0f}s of it: "
+            f"{seconds / max(seconds - adv_seconds, 1e-9):.2f}x the time of the same steps without them")

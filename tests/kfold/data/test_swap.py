@@ -112,7 +112,7 @@ def test_tta_logits_are_the_mean_of_both_readings_and_predict_repeats_them(tmp_p
     from kfold.encoding._tokenizer import load_tokenizer_dir
     from kfold.training._predict import predict_run
     from kfold.training._runner import run_kfold
-    from kfold.training._train import build_model, predict
+    from kfold.training import build_model, predict
 
     # fp32: the hand computation below repeats the run's numbers only in fp32 (auto is bf16 on a CPU with bf16 hardware)
     cfg = _cfg(semeval_dir, tiny_bert, tta="swap", save_models=True, precision="fp32")

@@ -18,7 +18,7 @@ from kfold.encoding._markers import marker_tokens
 from kfold.encoding._tokenizer import load_tokenizer
 from kfold.model._losses import RelationLoss, class_weight_vector, rdrop_kl
 from kfold.model._models import _set_dropout, load_backbone
-from kfold.training._train import build_model, pick_attention
+from kfold.training import build_model, pick_attention
 from tests.tiny import KINDS, tiny_backbone
 
 SENTENCES = [

@@ -8,7 +8,7 @@ import torch
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError
 from kfold.model._optim import layer_depth, param_groups, weight_average
-from kfold.training._train import build_model
+from kfold.training import build_model
 
 
 def test_no_weight_decay_on_bias_and_layernorm(tiny_bert):

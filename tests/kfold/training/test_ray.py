@@ -33,7 +33,8 @@ def runtime():
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in parts below travel by value
     ray.cloudpickle.register_pickle_by_value(scripted)
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # address="local": a runtime of this module's own, even where another one left /tmp/ray/ray_current_cluster behind
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -290,3 +291,28 @@ def test_parts_on_ray_send_the_trackers_the_same_keys_as_in_process(tmp_path, de
                       executor=RayExecutor(cfg) if where == "ray" else None)
         keys.append(recorder.keys())
     assert keys[0] == keys[1] and keys[0]["fold2/train_loss"] == [1, 2] and "oof/accuracy" in keys[0]
+
+
+def test_a_node_whose_pretrained_folder_holds_other_weights_is_refused_before_anything_is_submitted(tmp_path, demo_dir,
+                                                                                                 tiny_bert):
+    # a `kfold pretrain` folder at the same path on a node, pretrained again (or another way) on this machine: the
+    # parts would train other weights than the run's identity says; refused with the node's line, nothing submitted
+    from kfold.training import PretrainSettings, pretrain
+    from kfold.training._ray import check_nodes, node_report
+
+    folder = pretrain(Config(data=str(demo_dir / "train.tsv"), backbone=tiny_bert, max_len=64, precision="fp32"),
+                      tmp_path / "tapt", PretrainSettings(epochs=1, batch_size=64), log=lambda m: None)
+    assert node_report(str(folder))["backbone_hash"]  # this machine's folder has a hash to compare
+
+    driver = os.getpid()
+
+    def older_folder_on_the_node(backbone):
+        report = node_report(backbone)
+        if os.getpid() != driver:  # answered on the node, not on this machine
+            report["backbone_hash"] = "0" * 64
+        return report
+
+    with pytest.raises(ConfigError, match=r"1 mismatch.*nothing was submitted:\n  node .*backbone '.*' holds other "
+                                          r"weights \(content hash 000000000000, this machine's [0-9a-f]{12};"):
+        check_nodes([str(folder)], report=older_folder_on_the_node)
+    assert check_nodes([str(folder)])  # the same folder everywhere: no problem

@@ -18,7 +18,7 @@ from kfold.core.store import RunDir, load_predictions
 from kfold.data._readers import read_dataset
 from kfold.training._folds import load_fold_map, make_fold_map
 from kfold.training._runner import run_kfold, run_name
-from kfold.training._train import build_model
+from kfold.training import build_model
 
 QUIET = dict(log=lambda m: None)
 
@@ -236,10 +236,10 @@ def test_saved_fold_models_predict_a_new_file_like_the_run_did(tmp_path, demo_di
 
 
 def test_cli_runs_variants_times_seeds_then_reports(tmp_path, demo_dir, tiny_bert, capsys, monkeypatch):
-    import kfold.training._train
+    import kfold.training._device
     from kfold.cli import main
 
-    monkeypatch.setattr(kfold.training._train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(kfold.training._device, "cpu_has_native_bf16", lambda: True)
     argv = ["run", "--workdir", str(tmp_path), "--backbone", tiny_bert, "--data", str(demo_dir / "train.tsv"),
             "--variants", "split,share", "--seeds", "1,2", "--folds", "3", "--epochs", "1", "--lr", "0.001"]
     assert main(argv) == 0

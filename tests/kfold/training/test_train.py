@@ -293,7 +293,7 @@ def test_train_fold_builds_the_attention_kernel_auto_picks(fold_data, tiny_bert,
 
 
 def test_precision_auto_follows_the_cpus_bf16_hardware_and_says_so(monkeypatch):
-    import kfold.training._train as train
+    import kfold.training._device as train
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
@@ -310,7 +310,7 @@ def test_precision_auto_follows_the_cpus_bf16_hardware_and_says_so(monkeypatch):
 def test_native_bf16_detection_agrees_with_the_cpu_flags():
     from pathlib import Path
 
-    from kfold.training._train import cpu_has_native_bf16
+    from kfold.training import cpu_has_native_bf16
 
     info = Path("/proc/cpuinfo")
     if not info.exists():

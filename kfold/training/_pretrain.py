@@ -1,0 +1,389 @@
+"""``kfold pretrain``: task-adaptive pretraining (TAPT, Gururangan et al. 2020): masked-language-model training of a
+backbone on the competition's own sentences, marked as fine-tuning marks them, written as a backbone folder that
+``--backbone PATH`` takes like any other.
+
+- The rows are the fine-tuning rows: the training file's (and, with ``--test``, the test file's) sentences with the
+  entity markers of ``--marker`` inserted and cropped to ``--max-len`` exactly as ``kfold run`` encodes them. Labels
+  are not used.
+- Masking is the toolkit's own, not a collator's: MLM collators never mask special tokens, and the bracket and typed
+  markers are special tokens of the tokenizer, so the markers would never be trained. Here every token but the
+  tokenizer's frame ([CLS], [SEP], padding) may be masked, markers included. Whole words are masked together where
+  the vocabulary marks word pieces (WordPiece ``##``, SentencePiece ``▁``, byte-level ``Ġ``); a marker is a word.
+  Of the chosen tokens 80% become the mask token, 10% a random token, 10% stay (BERT's rule).
+- Resumable by epoch: after every epoch the model, optimizer and schedule are saved (atomically) beside the output
+  folder; the same command resumes after the last complete epoch, with the same masks and order (each epoch is
+  seeded from ``--seed`` and its number). A finished folder is not trained again.
+- The backbone's weights MLM does not train (BERT's pooler) are copied unchanged into the written checkpoint. A
+  backbone saved without an MLM head gets a new one, and the log says so.
+- The folder's record (``rekfold-build.json``) holds the settings, the input files and their hashes, whether test
+  text was used, steps and the loss per epoch, and the folder's content hash, which runs record and check
+  (``backbone_hash``), so a re-pretrained folder is another backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kfold.core.config import Config
+from kfold.core.errors import ConfigError, StoreError, TrainingError
+from kfold.core.store import file_sha256
+from kfold.core.textio import read_json, write_json_atomic
+from kfold.data import load_data
+from kfold.encoding import (BUILD_RECORD, Features, check_marker, concat_features, encode, entity_types, folder_content,
+                            length_grouped_batches, load_tokenizer, marker_tokens, resolve_backbone, shuffled_batches,
+                            split_micro)
+from kfold.model import linear_schedule
+
+from ._device import autocast, pick_attention, pick_device, pick_precision, seed_everything
+
+#: Written beside the output folder while training: the last complete epoch's state.
+STATE_SUFFIX = ".pretrain-state"
+#: The run settings that change what a pretraining computes (with the MLM settings, the source and the files'
+#: hashes they are its identity: a finished folder or a saved epoch of other ones is refused, not reused).
+IDENTITY_KEYS = ("marker", "max_len", "precision", "length_grouping", "format", "columns", "labels", "offsets",
+                 "repair_window", "too_far", "overlap", "bad_rows")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """The MLM settings of ``kfold pretrain`` (the data, backbone, marker, ``max_len``, precision, length grouping,
+    threads, device and attention kernel come from the run's :class:`Config`)."""
+
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 32
+    grad_accum: int = 1
+    mask_prob: float = 0.15
+    whole_word: bool = True
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError(f"epochs = {self.epochs}, batch_size = {self.batch_size}, grad_accum = {self.grad_accum}: "
+                              "expected positive integers")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"mask_prob = {self.mask_prob}: expected 0 < x < 1 (BERT: 0.15)")
+        if self.lr <= 0 or not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"lr = {self.lr}, warmup_ratio = {self.warmup_ratio}: expected lr > 0, 0 <= warmup <= 1")
+
+
+def word_start_rule(tokenizer) -> tuple[str, Callable[[str], bool]] | None:
+    """How this vocabulary marks word pieces: (name, is-a-word-start) or None when it does not tell words apart."""
+    vocab = tokenizer.get_vocab()
+    share = {mark: sum(t.startswith(mark) for t in vocab) / max(1, len(vocab)) for mark in ("##", "\u2581", "\u0120")}
+    if share["##"] > 0.01:
+        return "WordPiece ##", lambda t: not t.startswith("##")
+    if share["\u2581"] > 0.01:
+        return "SentencePiece \u2581", lambda t: t.startswith("\u2581")
+    if share["\u0120"] > 0.01:
+        return "byte-level \u0120", lambda t: t.startswith("\u0120")
+    return None
+
+
+def frame_ids(tokenizer) -> set[int]:
+    """The token ids that are never masked: the tokenizer's frame (CLS, SEP, BOS, EOS, padding, the mask itself).
+    Marker tokens are not among them."""
+    names = ("cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id")
+    return {getattr(tokenizer, n) for n in names if getattr(tokenizer, n, None) is not None}
+
+
+def word_ids(feats: Features, tokenizer, whole_word: bool) -> np.ndarray:
+    """For every token of ``feats.ids``: its word's number within its row (tokens of one word share it), -1 for
+    frame tokens. Without whole-word masking (or a vocabulary that does not mark pieces) every token is a word."""
+    frame = frame_ids(tokenizer)
+    markers = set(tokenizer.convert_tokens_to_ids(list(tokenizer.get_added_vocab())))
+    rule = word_start_rule(tokenizer) if whole_word else None
+    tokens = tokenizer.convert_ids_to_tokens(feats.ids.tolist())
+    out = np.full(len(feats.ids), -1, dtype=np.int64)
+    for i in range(len(feats)):
+        word = -1
+        for pos in range(feats.offsets[i], feats.offsets[i + 1]):
+            tid = int(feats.ids[pos])
+            if tid in frame:
+                continue
+            if rule is None or tid in markers or rule[1](tokens[pos]) or word < 0:
+                word += 1
+            out[pos] = word
+    return out
+
+
+def mask_rows(feats: Features, words: np.ndarray, idx: np.ndarray, prob: float, rng: np.random.Generator,
+              mask_id: int, vocab_size: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """One MLM batch of rows ``idx``: ``prob`` of each row's words (at least one) chosen, their tokens 80% masked,
+    10% replaced by a random token, 10% kept; ``labels`` the original ids there and -100 elsewhere."""
+    rows = [feats.row(i) for i in idx]
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    labels = np.full((len(rows), width), -100, dtype=np.int64)
+    attention = np.zeros((len(rows), width), dtype=np.int64)
+    for j, i in enumerate(idx):
+        row, w = feats.row(i).astype(np.int64), words[feats.offsets[i]:feats.offsets[i + 1]]
+        ids[j, :len(row)], attention[j, :len(row)] = row, 1
+        n_words = int(w.max()) + 1 if len(w) else 0
+        if n_words == 0:
+            continue
+        chosen = rng.choice(n_words, size=max(1, round(prob * n_words)), replace=False)
+        pos = np.flatnonzero(np.isin(w, chosen))
+        labels[j, pos] = row[pos]
+        draw = rng.random(len(pos))
+        ids[j, pos[draw < 0.8]] = mask_id
+        swap = pos[(draw >= 0.8) & (draw < 0.9)]
+        ids[j, swap] = rng.integers(0, vocab_size, size=len(swap))
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(labels)}
+
+
+def pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = PretrainSettings(), *, use_test: bool = False,
+             log: Callable[[str], None] = print) -> Path:
+    """Masked-LM training of ``cfg.backbone`` on the marked sentences of ``cfg.data`` (and ``cfg.test`` with
+    ``use_test``); writes the backbone folder ``out`` and returns it.
+
+    Parameters
+    ----------
+    cfg: data reading, backbone, marker, max_len, precision, length grouping, threads, device, attention kernel.
+    out: the backbone folder to write (refused when it holds something else). settings: the MLM settings.
+    use_test: also train on the test file's sentences (its labels, if any, are not used; the record says so).
+
+    Raises
+    ------
+    ConfigError for settings that cannot work (no mask token); StoreError when ``out`` holds another folder or
+    another pretraining; TrainingError on a non-finite loss; DataError for bad input files.
+
+    Example
+    -------
+    >>> pretrain(Config(data="train.tsv", backbone="minilm"), "tapt-minilm", PretrainSettings(epochs=3))  # doctest: +SKIP
+    """
+    out = Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # the data lists (offsets repaired, overlaps; the demo data without --data) go beside the folder, kept
+    data = load_data(cfg, out.parent / f"{out.name}-data", log)
+    datasets = [data.train] + ([data.test] if use_test and data.test is not None else [])
+    if use_test and data.test is None:
+        raise ConfigError("--test: no test file given to take sentences from")
+    check_marker(cfg.marker, all(ds.has_types for ds in datasets), data.train.path)
+    source = resolve_backbone(cfg.backbone)
+    identity = {"backbone": cfg.backbone, "source": _source_identity(source),
+                **{k: getattr(cfg, k) for k in IDENTITY_KEYS}, **asdict(settings),
+                "files": [{"path": ds.path, "sha256": file_sha256(ds.path), "data_hash": ds.content_hash(),
+                           "rows": len(ds)} for ds in datasets],
+                "test_text_used": len(datasets) > 1}
+    if _finished(out, identity, log):
+        return out
+    tokenizer = load_tokenizer(cfg.backbone, marker_tokens(cfg.marker, entity_types(datasets)))
+    if tokenizer.mask_token_id is None:
+        raise ConfigError(f"backbone '{cfg.backbone}': its tokenizer has no mask token, so it cannot be pretrained by MLM")
+    feats = concat_features(*(encode(ds, tokenizer, cfg.marker, cfg.max_len, cfg.too_far)[0] for ds in datasets))
+    rule = word_start_rule(tokenizer) if settings.whole_word else None
+    words = word_ids(feats, tokenizer, settings.whole_word)
+    log(f"pretrain: {len(feats)} rows ({' + '.join(Path(ds.path).name for ds in datasets)}; labels not used), "
+        f"marker {cfg.marker}, masking {settings.mask_prob:.0%} of "
+        + (f"whole words ({rule[0]} pieces)" if rule else "tokens (this vocabulary does not mark word pieces)"))
+    device = pick_device(cfg.device)
+    dtype = pick_precision(cfg.precision, device)
+    seed_everything(settings.seed)  # a new MLM head and new marker embeddings start from the same random draw
+    model, notes = _mlm_model(source, len(tokenizer), pick_attention(cfg.attn_implementation, device, dtype))
+    for note in notes:
+        log(note)
+    model.to(device)
+    losses = _train(model, tokenizer, feats, words, settings, cfg, device, dtype, out, identity, log)
+    _write_folder(model, tokenizer, source, out, identity, losses, len(feats), settings)
+    per_epoch = ", ".join(f"{h['loss']:.3f}" for h in losses)
+    log(f"pretrain: wrote {out} (MLM loss per epoch {per_epoch}); "
+        f"use it with --backbone {out}")
+    return out
+
+
+def _source_identity(source: str) -> dict:
+    """The source backbone: a folder's content hash (its record's, for a folder the toolkit built or pretrained,
+    else the SHA-256 of its files), or a model id as given."""
+    from kfold.encoding import build_hash
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return {"id": source}
+    files = sorted(p for p in folder.iterdir() if p.is_file())  # the checkpoint's own files (not sub-folders)
+    digest = build_hash(folder) or hashlib.sha256("".join(f"{p.name}\t{file_sha256(p)}\n" for p in files).encode()).hexdigest()
+    return {"folder": str(folder), "content_hash": digest}
+
+
+def _finished(out: Path, identity: dict, log: Callable[[str], None]) -> bool:
+    """True when ``out`` is this pretraining, finished; StoreError when it is another one or not a backbone of ours."""
+    if not out.exists():
+        return False
+    try:
+        record = read_json(out / BUILD_RECORD)
+    except StoreError:
+        record = None
+    if not isinstance(record, dict) or record.get("kind") != "pretrain":
+        if any(out.iterdir()):
+            raise StoreError(f"{out}: exists and is not a folder kfold pretrain wrote; choose another --out")
+        return False
+    for key, value in identity.items():
+        if not isinstance(record.get("identity"), dict) or record["identity"].get(key) != value:
+            found = record["identity"].get(key) if isinstance(record.get("identity"), dict) else None
+            raise StoreError(f"{out / BUILD_RECORD}: field '{key}': this folder was pretrained with {found!r}, "
+                             f"now {value!r}; choose another --out")
+    log(f"pretrain: {out} is already pretrained with these settings (nothing to do)")
+    return True
+
+
+def _mlm_model(source: str, vocab_size: int, attention: str | None):
+    """The backbone with its MLM head (a new one when the checkpoint has none) and the log lines saying so."""
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True,
+                                                           attn_implementation=attention)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"backbone '{source}': cannot load it with an MLM head ({str(exc).splitlines()[0]})") from None
+    prefix = model.base_model_prefix
+    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    encoder_missing = [k for k in missing if k.startswith(prefix + ".")]
+    if encoder_missing:
+        raise ConfigError(f"backbone '{source}': the checkpoint lacks {len(encoder_missing)} encoder weights "
+                          f"({encoder_missing[:3]}); they would be initialised at random")
+    notes = [f"pretrain: the checkpoint has no MLM head; a new one is trained ({len(missing)} tensors: "
+             f"{', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''})"] if missing else []
+    if vocab_size != model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)  # as fine-tuning does for the marker tokens
+    return model, notes
+
+
+def _train(model, tokenizer, feats: Features, words: np.ndarray, s: PretrainSettings, cfg: Config, device, dtype,
+           out: Path, identity: dict, log) -> list[dict]:
+    """The MLM epochs, resumed after the last complete one; the loss and seconds of every epoch."""
+    # no weight decay on biases and LayerNorm weights (every 1-D tensor), as in fine-tuning (kfold.model.param_groups)
+    groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": s.weight_decay},
+              {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=s.lr, fused=device.type in ("cuda", "cpu"))
+    steps_per_epoch = math.ceil(len(feats) / s.batch_size)
+    total = steps_per_epoch * s.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, round(s.warmup_ratio * total)))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    state_path = out.parent / f"{out.name}{STATE_SUFFIX}" / "state.pt"
+    history, start = _resume(state_path, identity, model, optimizer, scheduler, scaler, log)
+    micro = math.ceil(s.batch_size / s.grad_accum)
+    t_start, streak = time.perf_counter(), 0
+    for epoch in range(start, s.epochs):
+        seed_everything(s.seed * 100 + epoch)  # masks, order and dropout of an epoch do not depend on a resume
+        rng = np.random.default_rng(s.seed * 100 + epoch)
+        lengths = feats.lengths
+        batches = (length_grouped_batches(lengths, s.batch_size, s.seed * 100 + epoch) if cfg.length_grouping
+                   else shuffled_batches(len(feats), s.batch_size, s.seed * 100 + epoch))
+        model.train()
+        bar = tqdm(batches, desc=f"pretrain epoch {epoch + 1}/{s.epochs}", leave=False, file=sys.stderr, disable=None,
+                   dynamic_ncols=True)
+        losses, t0 = [], time.perf_counter()
+        for batch_idx in bar:
+            parts = [mask_rows(feats, words, idx, s.mask_prob, rng, tokenizer.mask_token_id, len(tokenizer),
+                               tokenizer.pad_token_id) for idx in split_micro(batch_idx, micro)]
+            masked = sum(int((p["labels"] != -100).sum()) for p in parts)
+            step_loss = 0.0
+            for part in parts:  # each micro-batch's mean over its masked tokens, weighted by its share of them
+                share = int((part["labels"] != -100).sum()) / masked
+                with autocast(device, dtype):
+                    loss = model(**{k: v.to(device) for k, v in part.items()}).loss
+                scaler.scale(loss * share).backward()
+                step_loss += float(loss.detach()) * share
+            # in fp16 an overflow is the scaler's to handle (it skips the step); anywhere else, or again and again,
+            # the pretraining is broken
+            streak = streak + 1 if not math.isfinite(step_loss) else 0
+            if streak and (dtype != torch.float16 or streak > 8):
+                raise TrainingError(f"pretrain epoch {epoch + 1}: MLM loss is {step_loss} (lower --lr, or use "
+                                    "--precision bf16/fp32)")
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            losses.append(step_loss)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 1),
+                        "steps": len(batches)})
+        _save_state(state_path, identity, model, optimizer, scheduler, scaler, history)
+        left = (time.perf_counter() - t_start) / (epoch + 1 - start) * (s.epochs - epoch - 1)
+        log(f"pretrain epoch {epoch + 1}/{s.epochs}: MLM loss {history[-1]['loss']:.4f} ({seconds:.0f}s"
+            + (f"; about {left / 60:.1f} min left)" if epoch + 1 < s.epochs else ")"))
+    return history
+
+
+def _resume(state_path: Path, identity: dict, model, optimizer, scheduler, scaler, log) -> tuple[list[dict], int]:
+    """The history and the next epoch from a saved state of this pretraining (none: a fresh start)."""
+    if not state_path.exists():
+        return [], 0
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise StoreError(f"{state_path}: cannot read the saved epoch ({str(exc).splitlines()[0]}); delete it to "
+                         "start over") from None
+    if not isinstance(state, dict) or state.get("identity") != identity:
+        raise StoreError(f"{state_path}: saved by a pretraining with other settings or data; delete "
+                         f"{state_path.parent} or choose another --out")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    log(f"pretrain: resuming after epoch {len(state['history'])} ({state_path.parent})")
+    return list(state["history"]), len(state["history"])
+
+
+def _save_state(state_path: Path, identity: dict, model, optimizer, scheduler, scaler, history: list[dict]) -> None:
+    """The state after a complete epoch, written atomically (a temporary file, then a rename)."""
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history}, tmp)
+    os.replace(tmp, state_path)
+
+
+def _write_folder(model, tokenizer, source: str, out: Path, identity: dict, history: list[dict], rows: int,
+                  s: PretrainSettings) -> None:
+    """Weights (the MLM model's, plus the source's pooler unchanged), config, tokenizer and the record, into a
+    temporary folder renamed to ``out`` (a reader never sees half a folder); then the epoch state goes."""
+    from transformers import AutoModel
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    prefix = model.base_model_prefix
+    base, info = AutoModel.from_pretrained(source, output_loading_info=True)
+    not_in_checkpoint = set(info.get("missing_keys", []))
+    carried = [k for k in base.state_dict() if f"{prefix}.{k}" not in state and k not in not_in_checkpoint]
+    for k in carried:  # the pooler: MLM does not train it, fine-tuning may use it
+        state[f"{prefix}.{k}"] = base.state_dict()[k].detach().clone()
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        files, content = folder_content(tmp)
+        write_json_atomic(tmp / BUILD_RECORD, {
+            "kind": "pretrain", "identity": identity, "rows": rows, "steps": sum(h["steps"] for h in history),
+            "epochs": history, "minutes": round(sum(h["seconds"] for h in history) / 60, 2),
+            "carried_unchanged": [f"{prefix}.{k}" for k in carried], "files": files, "content_hash": content})
+        if out.exists():
+            shutil.rmtree(out)  # empty, or this pretraining's (checked by _finished)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise StoreError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(out.parent / f"{out.name}{STATE_SUFFIX}", ignore_errors=True)
