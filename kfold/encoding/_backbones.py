@@ -101,8 +101,10 @@ def _files_match(folder: Path, files) -> bool:
 
 def folder_content(folder: str | Path) -> tuple[dict, str]:
     """A folder's files (name -> size and sha256) and its content hash (sha256 over the names and hashes), as a
-    build record keeps them."""
-    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(Path(folder).iterdir())}
+    build record keeps them. Only the folder's own files count, not its sub-folders (a sentence-transformers
+    checkpoint keeps its pooling settings in ``1_Pooling/``, which no Auto class reads)."""
+    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(Path(folder).iterdir())
+             if p.is_file()}
     return files, hashlib.sha256("".join(f"{f}\t{v['sha256']}\n" for f, v in files.items()).encode()).hexdigest()
 
 

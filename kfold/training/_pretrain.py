@@ -22,7 +22,6 @@ backbone on the competition's own sentences, marked as fine-tuning marks them, w
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -218,9 +217,7 @@ def _source_identity(source: str) -> dict:
     folder = Path(source)
     if not folder.is_dir():
         return {"id": source}
-    files = sorted(p for p in folder.iterdir() if p.is_file())  # the checkpoint's own files (not sub-folders)
-    digest = build_hash(folder) or hashlib.sha256("".join(f"{p.name}\t{file_sha256(p)}\n" for p in files).encode()).hexdigest()
-    return {"folder": str(folder), "content_hash": digest}
+    return {"folder": str(folder), "content_hash": build_hash(folder) or folder_content(folder)[1]}
 
 
 def _finished(out: Path, identity: dict, log: Callable[[str], None]) -> bool:
@@ -235,9 +232,10 @@ def _finished(out: Path, identity: dict, log: Callable[[str], None]) -> bool:
         if any(out.iterdir()):
             raise StoreError(f"{out}: exists and is not a folder kfold pretrain wrote; choose another --out")
         return False
+    recorded = record.get("identity") if isinstance(record.get("identity"), dict) else {}
     for key, value in identity.items():
-        if not isinstance(record.get("identity"), dict) or record["identity"].get(key) != value:
-            found = record["identity"].get(key) if isinstance(record.get("identity"), dict) else None
+        if recorded.get(key) != value:
+            found = recorded.get(key)
             raise StoreError(f"{out / BUILD_RECORD}: field '{key}': this folder was pretrained with {found!r}, "
                              f"now {value!r}; choose another --out")
     log(f"pretrain: {out} is already pretrained with these settings (nothing to do)")
@@ -366,9 +364,10 @@ def _write_folder(model, tokenizer, source: str, out: Path, identity: dict, hist
     prefix = model.base_model_prefix
     base, info = AutoModel.from_pretrained(source, output_loading_info=True)
     not_in_checkpoint = set(info.get("missing_keys", []))
-    carried = [k for k in base.state_dict() if f"{prefix}.{k}" not in state and k not in not_in_checkpoint]
+    original = base.state_dict()
+    carried = [k for k in original if f"{prefix}.{k}" not in state and k not in not_in_checkpoint]
     for k in carried:  # the pooler: MLM does not train it, fine-tuning may use it
-        state[f"{prefix}.{k}"] = base.state_dict()[k].detach().clone()
+        state[f"{prefix}.{k}"] = original[k].detach().clone()
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
