@@ -65,7 +65,7 @@ def _run_dir(workdir: Path, arm: str) -> Path:
 
 def _test_gold(test: str, ids: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
     """The test file's gold labels in the order of ``ids`` (None when it has none)."""
-    from kfold.data._readers import read_dataset
+    from kfold.data import read_dataset
 
     ds = read_dataset(test, names, role="test")
     if not ds.labelled:
