@@ -319,7 +319,11 @@ class RayExecutor:
                             f"{'s' if len(nodes) != 1 else ''}), each {self.cpus} CPU{gpu}")
         self._node_id = ray.get_runtime_context().get_node_id()
         self._make_queue()
-        self._watch = threading.Thread(target=self._watchdog, daemon=True, name="ray-watchdog")
+        # what the watchdog watches is read here, not in its thread: a Ray call there (get_runtime_context is one)
+        # made after close() has shut the runtime down would start a new one (Ray's auto-init)
+        raylet = _raylet_pid(_OWN.get("info", {}).get("raylet_socket_name", "")) if self._owned else None
+        self._watch = threading.Thread(target=self._watchdog, args=(raylet, ray.get_runtime_context().gcs_address),
+                                       daemon=True, name="ray-watchdog")
         self._watch.start()
 
     def _make_queue(self) -> None:
@@ -339,10 +343,9 @@ class RayExecutor:
         return other
 
     # -- the runtime's health ------------------------------------------------------------------------------------
-    def _watchdog(self) -> None:
-        """Every WATCH_SECONDS: this machine's raylet alive (the local node), the head reachable (the cluster)."""
-        raylet = _raylet_pid(_OWN.get("info", {}).get("raylet_socket_name", "")) if self._owned else None
-        head = ray.get_runtime_context().gcs_address
+    def _watchdog(self, raylet: int | None, head: str) -> None:
+        """Every WATCH_SECONDS: this machine's raylet ``raylet`` alive (the local node; None: not ours to watch), the
+        head ``head`` reachable (the cluster). Makes no Ray call (it may run after the runtime is shut down)."""
         misses = 0
         while not self._watch_stop.wait(WATCH_SECONDS):
             if raylet is not None and not _alive(raylet):

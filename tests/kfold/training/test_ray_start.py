@@ -79,6 +79,33 @@ def test_local_never_joins_a_ray_start_cluster_on_the_machine(monkeypatch):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def test_a_watchdog_that_first_runs_after_close_starts_no_runtime(monkeypatch):
+    # the flake this pins: the watchdog thread asked Ray for the head's address when it first ran; run after close()
+    # had shut the runtime down, that call (get_runtime_context, one of Ray's auto-init APIs) started a new one.
+    # Here the thread is held back until after close(), every time.
+    import threading
+    import types
+
+    from kfold.training import _ray
+
+    held = []
+
+    class HeldThread:
+        def __init__(self, target, args=(), **kwargs):
+            held.append((target, args))
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(_ray, "threading", types.SimpleNamespace(Thread=HeldThread, Event=threading.Event))
+    executor = RayExecutor(CPU, "local")
+    executor.close()
+    assert not ray.is_initialized() and len(held) == 1
+    target, args = held[0]
+    target(*args)  # the watchdog's first run, after the close: stops at once, asking Ray nothing
+    assert not ray.is_initialized()
+
+
 def test_an_initialised_runtime_that_is_not_the_one_asked_for_is_refused():
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)  # a notebook's
     try:
