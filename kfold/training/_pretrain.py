@@ -242,6 +242,56 @@ def _finished(out: Path, identity: dict, log: Callable[[str], None]) -> bool:
     return True
 
 
+def _mlm_head(model) -> torch.nn.Module | None:
+    """The module that maps the encoder's hidden states to vocabulary logits token by token: BERT's ``cls``,
+    RoBERTa's and XLM-R's ``lm_head``, ELECTRA's generator head; None for an architecture not known here."""
+    for name in ("cls", "lm_head"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return getattr(model, name)
+    if hasattr(model, "generator_predictions") and hasattr(model, "generator_lm_head"):
+        return torch.nn.Sequential(model.generator_predictions, model.generator_lm_head)
+    return None
+
+
+class MaskedLoss:
+    """The MLM loss from the vocabulary logits of the masked positions only: the head runs on the ~15% of tokens
+    that carry a label instead of on every token (a 250k-token vocabulary makes the head most of a step's cost;
+    the loss is the same mean over the masked tokens). Used where a check on the first batch (eval mode, no
+    dropout) gives the model's own logits at those positions; otherwise the model's full forward, and the log says
+    so."""
+
+    def __init__(self, model, batch: dict[str, torch.Tensor], log: Callable[[str], None]):
+        self.head = _mlm_head(model)
+        batch = {k: v[:2] for k, v in batch.items()}  # two rows: the full logits of a big batch take gigabytes
+        if self.head is not None and bool((batch["labels"] != -100).any()):
+            was = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    full = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                    where = batch["labels"] != -100
+                    ok = torch.allclose(self._logits(model, batch, where), full[where].float(), rtol=1e-3, atol=1e-3)
+            except (TypeError, RuntimeError, ValueError):  # a head that needs more than the hidden states
+                ok = False
+            finally:
+                model.train(was)
+            if not ok:
+                self.head = None
+        if self.head is None:
+            log(f"pretrain: {type(model).__name__}: the MLM head runs on every token (its masked-only use is not "
+                "known for this architecture)")
+
+    def _logits(self, model, batch: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+        return self.head(hidden[where]).float()
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.head is None:
+            return model(**batch).loss
+        where = batch["labels"] != -100
+        return torch.nn.functional.cross_entropy(self._logits(model, batch, where), batch["labels"][where])
+
+
 def _mlm_model(source: str, vocab_size: int, attention: str | None):
     """The backbone with its MLM head (a new one when the checkpoint has none) and the log lines saying so."""
     from transformers import AutoModelForMaskedLM
@@ -278,7 +328,7 @@ def _train(model, tokenizer, feats: Features, words: np.ndarray, s: PretrainSett
     state_path = out.parent / f"{out.name}{STATE_SUFFIX}" / "state.pt"
     history, start = _resume(state_path, identity, model, optimizer, scheduler, scaler, log)
     micro = math.ceil(s.batch_size / s.grad_accum)
-    t_start, streak = time.perf_counter(), 0
+    t_start, streak, mlm_loss = time.perf_counter(), 0, None
     for epoch in range(start, s.epochs):
         seed_everything(s.seed * 100 + epoch)  # masks, order and dropout of an epoch do not depend on a resume
         rng = np.random.default_rng(s.seed * 100 + epoch)
@@ -290,14 +340,17 @@ def _train(model, tokenizer, feats: Features, words: np.ndarray, s: PretrainSett
                    dynamic_ncols=True)
         losses, t0 = [], time.perf_counter()
         for batch_idx in bar:
-            parts = [mask_rows(feats, words, idx, s.mask_prob, rng, tokenizer.mask_token_id, len(tokenizer),
-                               tokenizer.pad_token_id) for idx in split_micro(batch_idx, micro)]
+            parts = [{k: v.to(device) for k, v in
+                      mask_rows(feats, words, idx, s.mask_prob, rng, tokenizer.mask_token_id, len(tokenizer),
+                                tokenizer.pad_token_id).items()} for idx in split_micro(batch_idx, micro)]
+            if mlm_loss is None:
+                mlm_loss = MaskedLoss(model, parts[0], log)
             masked = sum(int((p["labels"] != -100).sum()) for p in parts)
             step_loss = 0.0
             for part in parts:  # each micro-batch's mean over its masked tokens, weighted by its share of them
                 share = int((part["labels"] != -100).sum()) / masked
                 with autocast(device, dtype):
-                    loss = model(**{k: v.to(device) for k, v in part.items()}).loss
+                    loss = mlm_loss(model, part)
                 scaler.scale(loss * share).backward()
                 step_loss += float(loss.detach()) * share
             # in fp16 an overflow is the scaler's to handle (it skips the step); anywhere else, or again and again,

@@ -232,3 +232,40 @@ def test_a_partial_copy_of_a_folder_does_not_carry_its_hash(tapt, tmp_path):
     assert built_backbone_hash(str(copy)) == built_backbone_hash(str(out)) is not None
     (copy / "tokenizer.json").unlink()
     assert built_backbone_hash(str(copy)) is None
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "xlmr", "electra"])
+def test_the_head_on_masked_positions_only_gives_the_models_own_loss(kind, tiny_dir, demo_dir):
+    from tiny import tiny_backbone
+
+    source = tiny_backbone(kind, tiny_dir)
+    tok = load_tokenizer(source, marker_tokens("entity_marker", []))
+    feats, _ = encode(read_dataset(demo_dir / "train.tsv"), tok, "entity_marker", 64)
+    batch = _pretrain.mask_rows(feats, _pretrain.word_ids(feats, tok, True), np.arange(8), 0.15,
+                                np.random.default_rng(0), tok.mask_token_id, len(tok), tok.pad_token_id)
+    model, _ = _pretrain._mlm_model(source, len(tok), "eager")
+    lines = []
+    loss = _pretrain.MaskedLoss(model, batch, lines.append)
+    assert loss.head is not None and not lines  # the fast path is taken for every packaged architecture
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loss(model, batch), model(**batch).loss, rtol=1e-5, atol=1e-5)
+    model.train()
+    torch.manual_seed(1)
+    loss(model, batch).backward()  # and it trains the head: gradients reach the decoder
+    assert model.get_output_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_an_unknown_head_falls_back_to_the_full_forward_and_says_so(tiny_bert, demo_dir):
+    tok = load_tokenizer(tiny_bert, [])
+    feats, _ = encode(read_dataset(demo_dir / "train.tsv"), tok, "entity_marker_punct", 64)
+    batch = _pretrain.mask_rows(feats, _pretrain.word_ids(feats, tok, True), np.arange(4), 0.15,
+                                np.random.default_rng(0), tok.mask_token_id, len(tok), tok.pad_token_id)
+    model, _ = _pretrain._mlm_model(tiny_bert, len(tok), "eager")
+    model.cls.forward = lambda hidden, extra: hidden  # a head that needs more than the hidden states
+    lines = []
+    loss = _pretrain.MaskedLoss(model, batch, lines.append)
+    assert loss.head is None and lines == ["pretrain: BertForMaskedLM: the MLM head runs on every token (its "
+                                           "masked-only use is not known for this architecture)"]
+    model.cls.forward = type(model.cls).forward.__get__(model.cls)
+    assert torch.equal(loss(model, batch), model(**batch).loss)
