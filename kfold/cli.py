@@ -122,9 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                          "epoch); the same command resumes after the last complete epoch. Without --data: the "
                          "generated demo data.")
     pre.add_argument("--out", required=True, help="the backbone folder to write (refused when it holds anything else)")
-    pre.add_argument("--config", default=None, help="JSON or TOML config file: its data, backbone, marker, max length "
-                     "and speed keys are used; its fine-tuning keys (epochs, lr, test, ...) are not (the flags here "
-                     "set this command's)")
+    pre.add_argument("--config", default=None, help="JSON or TOML config file: its data, backbone, marker, max length, "
+                     "speed and cluster keys are used; its fine-tuning keys (epochs, lr, test, ...) are not (the flags "
+                     "here set this command's)")
     pre.add_argument("--preset", default=None, help="a shipped preset (its backbone, marker and max length)")
     pre.add_argument("--test", default=None,
                      help="also train on this file's sentences (its labels are not used; the record says so)")
@@ -137,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="mask tokens independently (default: whole words where the vocabulary marks word pieces)")
     pre.add_argument("--warmup-ratio", type=float, default=0.06, help="share of steps warming up (default: 0.06)")
     pre.add_argument("--seed", type=int, default=1, help="seed of the masks, order and dropout (default: 1)")
+    pre.add_argument("--cluster", default=None, metavar="STR",
+                     help="where the epochs train: none = in this process; local = a Ray runtime of its own on this "
+                     "machine; HOST:PORT = that Ray cluster, one slot with a whole node's cores (or a GPU), each "
+                     "epoch a part whose state comes back here and is saved here (so it resumes with or without the "
+                     "cluster); auto = the cluster in RAY_ADDRESS if set, else none (default: a config file's "
+                     "cluster, else auto)")
     add_config_flags(pre, only=PRETRAIN_KEYS)
 
     demo = sub.add_parser("demo-data", help="write the generated demo data set")
@@ -322,7 +328,7 @@ def _cmd_check(args) -> int:
 
 def _cmd_pretrain(args) -> int:
     from kfold.core.config import make_config, overrides_from_args
-    from kfold.training import PretrainSettings, pick_device, precision_note, pretrain
+    from kfold.training import PretrainSettings, pick_device, precision_note, run_pretrain
 
     # test sentences only with --test on the command line (a run's config file may name a test file)
     cfg = make_config(args.config, overrides_from_args(args), args.preset).replace(test=args.test or "")
@@ -332,7 +338,7 @@ def _cmd_pretrain(args) -> int:
     note = precision_note(cfg.precision, pick_device(cfg.device))
     if note:
         _log(note)
-    pretrain(cfg, args.out, settings, use_test=args.test is not None, log=_log)
+    run_pretrain(cfg, args.out, settings, use_test=args.test is not None, log=_log)
     return 0
 
 

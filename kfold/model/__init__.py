@@ -12,6 +12,7 @@ from kfold.core.exports import lazy_exports
 _EXPORTS = {
     # _models
     "load_backbone": "._models",
+    "quiet_loading": "._models",
     "RelationModel": "._models",
     "ProjectionLayer": "._models",
     "combine_vectors": "._models",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -39,6 +41,24 @@ def _drop_unused_weights_report(record: logging.LogRecord) -> bool:
     text = record.getMessage()
     return not ("LOAD REPORT" in text and "UNEXPECTED" in text
                 and not any(word in text for word in ("MISSING", "MISMATCH", "CONVERSION")))
+
+
+@contextlib.contextmanager
+def quiet_loading(keep: Callable[[logging.LogRecord], bool]):
+    """transformers' weight loading without its "Loading weights" bar (it would print once per fold or epoch; the
+    caller says once what it loads) and with only the messages of its loading logger that ``keep`` keeps."""
+    from transformers.utils import logging as hf_logging
+
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_logger.addFilter(keep)
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(keep)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
 
 
 #: config attributes that hold an encoder's dropout, first match wins (BERT family; DistilBERT-style)
@@ -84,21 +104,11 @@ def load_backbone(backbone: str, want_pooler: bool, vocab_size: int | None = Non
     use_pooler = bool(want_pooler and has_pooler_weights and accepts_flag)
     if accepts_flag:
         kwargs["add_pooling_layer"] = use_pooler
-    from transformers.utils import logging as hf_logging
-
-    report_logger = logging.getLogger("transformers.modeling_utils")
-    report_logger.addFilter(_drop_unused_weights_report)
-    # the "Loading weights" bar would print once per fold; the runner says once per run what it loads
-    bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
     try:
-        model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+        with quiet_loading(_drop_unused_weights_report):
+            model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"backbone '{backbone}': cannot load its weights ({str(exc).splitlines()[0]})") from None
-    finally:
-        report_logger.removeFilter(_drop_unused_weights_report)
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ConfigError(f"backbone '{backbone}': the checkpoint lacks {len(missing)} weights ({missing[:3]}); "

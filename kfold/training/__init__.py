@@ -79,6 +79,11 @@ _EXPORTS = {
     # _pretrain
     "pretrain": "._pretrain",
     "PretrainSettings": "._pretrain",
+    "PretrainSpec": "._pretrain",
+    "PretrainPayload": "._pretrain",
+    "pretrain_epoch": "._pretrain",
+    "pretrain_part": "._parts",
+    "run_pretrain": "._choose",
     # _probe
     "Speed": "._resources",
     "probe_speed": "._probe",

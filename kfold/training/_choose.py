@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from kfold.core.config import Config
-from kfold.core.errors import ConfigError
+from kfold.core.errors import ConfigError, TrainingError
 from kfold.core.textio import write_json_atomic
 
 from ._inprocess import InProcessExecutor
+from ._parts import pretrain_part
+from ._pretrain import PretrainPayload, PretrainSettings, PretrainSpec, pretrain
 from ._probe import measure_here, measure_slots
 from ._resources import RAY_VERSIONS, Speed, available_cores
 
@@ -196,6 +198,52 @@ def choose_executor(cfg: Config, *, workdir: str | Path | None = None, sample: C
 def make_executor(cfg: Config, **kwargs):
     """:func:`choose_executor`'s executor alone."""
     return choose_executor(cfg, **kwargs).executor
+
+
+def run_pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = PretrainSettings(), *,
+                 use_test: bool = False, log: Callable[[str], None] = print, executor=None) -> Path:
+    """``kfold pretrain`` (:func:`kfold.training.pretrain`) here, or epoch by epoch on one slot of a Ray cluster:
+    ``--cluster local`` or ``HOST:PORT``; ``auto``: the cluster in ``RAY_ADDRESS`` when it is set, else here (a
+    pretraining is one part: nothing trains beside it). On a cluster every epoch is a part that gets the state the
+    epoch before left and returns the new one to this process, which saves it: the same command resumes after the
+    last complete epoch, with or without the cluster, and no node needs a shared disk. ``executor``: one that runs
+    :func:`kfold.training.pretrain_part` (tests pass a fake).
+
+    Raises TrainingError naming the epoch when a part fails or its node dies (the epochs before it are kept),
+    RuntimeLost when the runtime itself is gone, ConfigError when a node lacks the backbone or Ray is missing.
+    """
+    where = cfg.cluster if cfg.cluster != "auto" else (os.environ.get("RAY_ADDRESS") or "none")
+    if executor is None and where == "none":
+        return pretrain(cfg, out, settings, use_test=use_test, log=log)
+    executor = executor or ray_executor(cfg, where, log=log, part_fn=pretrain_part)
+    try:  # closed on every path: a refused node check, a failed epoch, Ctrl-C
+        return pretrain(cfg, out, settings, use_test=use_test, log=log,
+                        run_epoch=_EpochsOnCluster(executor, cfg.backbone, log))
+    finally:
+        executor.close()
+
+
+class _EpochsOnCluster:
+    """Runs one pretraining epoch at a time as a part on an executor (a Ray one), the whole node's cores for it."""
+
+    def __init__(self, executor, backbone: str, log: Callable[[str], None]):
+        self.executor, self.log = executor, log
+        executor.check([backbone])  # every node has the source backbone (and the same versions), before any epoch
+
+    def __call__(self, spec: PretrainSpec, payload: PretrainPayload) -> tuple[dict, dict]:
+        self.executor.submit(spec.epoch, spec, self.executor.put(payload), alone=True)
+        events: list = []
+        while not events:
+            events = self.executor.wait()
+        event = events[0]
+        if event.kind == "done":
+            for line in event.result.log:  # lines a part kept (those it sent as it ran were logged already)
+                self.log(line)
+            return event.result.record, event.result.state_dict
+        why = event.message or (str(event.error).strip().splitlines() or [type(event.error).__name__])[0]
+        saved = {0: "", 1: "epoch 1 is saved and "}.get(spec.epoch, f"epochs 1-{spec.epoch} are saved and ")
+        raise TrainingError(f"pretrain {spec.name} {'failed' if event.kind == 'error' else 'was lost'} on the "
+                            f"cluster ({why}); {saved}the same command resumes there")
 
 
 def ray_executor(cfg: Config, address: str, **kwargs):

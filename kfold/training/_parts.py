@@ -21,6 +21,7 @@ from kfold.core.store import REFIT
 from kfold.encoding import Features, concat_features
 
 from ._device import pick_device
+from ._pretrain import PretrainPayload, PretrainSpec, pretrain_epoch
 from ._train import FoldData, train_fold
 
 
@@ -144,3 +145,14 @@ def compute_part(spec: PartSpec, payload: RunPayload, *, device_name: str = "", 
         "device": device_name or pick_device(spec.cfg.device).type, "attempt": spec.attempt,
     }
     return PartResult(None if refit else res.valid_logits, res.test_logits, record, res.state_dict, lines)
+
+
+def pretrain_part(spec: PretrainSpec, payload: PretrainPayload, *, device_name: str = "", node: str = "",
+                  log: Callable[[str], None] | None = None) -> PartResult:
+    """One epoch of ``kfold pretrain`` as a part: the epoch's record (with where it ran) and the state after it
+    come back to the driver, which saves them (``state_dict``); ``log`` as for :func:`compute_part`."""
+    limit_gpu_memory(spec.gpu_share)
+    lines: list[str] = []
+    record, state = pretrain_epoch(spec, payload, log or lines.append)
+    record.update(device=device_name or pick_device(spec.cfg.device).type, node=node or socket.gethostname())
+    return PartResult(None, None, record, state, lines)

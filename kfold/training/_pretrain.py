@@ -44,7 +44,7 @@ from kfold.data import load_data
 from kfold.encoding import (BUILD_RECORD, Features, check_marker, concat_features, encode, entity_types, folder_content,
                             length_grouped_batches, load_tokenizer, marker_tokens, resolve_backbone, shuffled_batches,
                             split_micro)
-from kfold.model import linear_schedule
+from kfold.model import linear_schedule, quiet_loading
 
 from ._device import autocast, pick_attention, pick_device, pick_precision, seed_everything
 
@@ -80,6 +80,41 @@ class PretrainSettings:
             raise ConfigError(f"mask_prob = {self.mask_prob}: expected 0 < x < 1 (BERT: 0.15)")
         if self.lr <= 0 or not 0.0 <= self.warmup_ratio <= 1.0:
             raise ConfigError(f"lr = {self.lr}, warmup_ratio = {self.warmup_ratio}: expected lr > 0, 0 <= warmup <= 1")
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """One epoch of a pretraining: the unit an executor runs (this process, or one slot of a Ray cluster). It has
+    the fields executors read from a part's spec: ``cfg``, ``run``, ``name``, ``gpu_share``."""
+
+    cfg: Config
+    settings: PretrainSettings
+    source: str  # the backbone's folder or model id, loaded where the epoch runs
+    epoch: int  # 0-based
+    vocab_size: int
+    mask_id: int
+    pad_id: int
+    run: str = "pretrain"
+    gpu_share: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """``epoch 2/3``."""
+        return f"epoch {self.epoch + 1}/{self.settings.epochs}"
+
+
+@dataclass
+class PretrainPayload:
+    """What an epoch needs as values: the rows' tokens, their words (:func:`word_ids`) and the state the epoch
+    before left (model, optimizer, schedule, scaler; None before the first epoch)."""
+
+    feats: Features
+    words: np.ndarray
+    state: dict | None = None
+
+
+#: The parts of a pretraining's state an epoch takes and returns (the saved state adds identity and history).
+STATE_KEYS = ("model", "optimizer", "scheduler", "scaler")
 
 
 def word_start_rule(tokenizer) -> tuple[str, Callable[[str], bool]] | None:
@@ -149,7 +184,8 @@ def mask_rows(feats: Features, words: np.ndarray, idx: np.ndarray, prob: float, 
 
 
 def pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = PretrainSettings(), *, use_test: bool = False,
-             log: Callable[[str], None] = print) -> Path:
+             log: Callable[[str], None] = print,
+             run_epoch: Callable[[PretrainSpec, PretrainPayload], tuple[dict, dict]] | None = None) -> Path:
     """Masked-LM training of ``cfg.backbone`` on the marked sentences of ``cfg.data`` (and ``cfg.test`` with
     ``use_test``); writes the backbone folder ``out`` and returns it.
 
@@ -158,6 +194,9 @@ def pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = Pretrain
     cfg: data reading, backbone, marker, max_len, precision, length grouping, threads, device, attention kernel.
     out: the backbone folder to write (refused when it holds something else). settings: the MLM settings.
     use_test: also train on the test file's sentences (its labels, if any, are not used; the record says so).
+    run_epoch: computes one epoch from its spec and payload, returning (record, state): default
+    :func:`pretrain_epoch` in this process; ``kfold.training.pretrain_on`` passes one that runs it on a cluster's
+    slot. The state after every epoch is saved here, by the caller, wherever the epoch ran.
 
     Raises
     ------
@@ -194,16 +233,27 @@ def pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = Pretrain
     log(f"pretrain: {len(feats)} rows ({' + '.join(Path(ds.path).name for ds in datasets)}; labels not used), "
         f"marker {cfg.marker}, masking {settings.mask_prob:.0%} of "
         + (f"whole words ({rule[0]} pieces)" if rule else "tokens (this vocabulary does not mark word pieces)"))
-    device = pick_device(cfg.device)
-    dtype = pick_precision(cfg.precision, device)
-    seed_everything(settings.seed)  # a new MLM head and new marker embeddings start from the same random draw
-    model, notes = _mlm_model(source, len(tokenizer), pick_attention(cfg.attn_implementation, device, dtype))
-    for note in notes:
-        log(note)
-    model.to(device)
-    losses = _train(model, tokenizer, feats, words, settings, cfg, device, dtype, out, identity, log)
-    _write_folder(model, tokenizer, source, out, identity, losses, len(feats), settings)
-    per_epoch = ", ".join(f"{h['loss']:.3f}" for h in losses)
+    run_epoch = run_epoch or (lambda spec, payload: pretrain_epoch(spec, payload, log))
+    state_path = out.parent / f"{out.name}{STATE_SUFFIX}" / "state.pt"
+    state = _load_state(state_path, identity, log)
+    history = list(state["history"]) if state else []
+    t_start, start = time.perf_counter(), len(history)
+    for epoch in range(start, settings.epochs):
+        spec = PretrainSpec(cfg, settings, source, epoch, len(tokenizer), tokenizer.mask_token_id,
+                            tokenizer.pad_token_id, run=f"pretrain {out.name}")
+        record, new = run_epoch(spec, PretrainPayload(feats, words, state and {k: state[k] for k in STATE_KEYS}))
+        history.append(record)
+        state = {**new, "identity": identity, "history": history}
+        _save_state(state_path, state)
+        left = (time.perf_counter() - t_start) / (epoch + 1 - start) * (settings.epochs - epoch - 1)
+        log(f"pretrain epoch {epoch + 1}/{settings.epochs}: MLM loss {record['loss']:.4f} ({record['seconds']:.0f}s"
+            + (f" on {record['node']}" if record.get("node") else "")
+            + (f"; about {left / 60:.1f} min left)" if epoch + 1 < settings.epochs else ")"))
+    seed_everything(settings.seed)
+    model, _ = _mlm_model(source, len(tokenizer), None)
+    model.load_state_dict(state["model"])
+    _write_folder(model, tokenizer, source, out, identity, history, len(feats), settings)
+    per_epoch = ", ".join(f"{h['loss']:.3f}" for h in history)
     log(f"pretrain: wrote {out} (MLM loss per epoch {per_epoch}); "
         f"use it with --backbone {out}")
     return out
@@ -297,8 +347,11 @@ def _mlm_model(source: str, vocab_size: int, attention: str | None):
     from transformers import AutoModelForMaskedLM
 
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True,
-                                                           attn_implementation=attention)
+        # transformers' load report would list the new head's tensors and the unused pooler, each epoch; the notes
+        # below say what matters (a new head; missing encoder weights are refused)
+        with quiet_loading(lambda r: not any(w in r.getMessage() for w in ("LOAD REPORT", "tied weights mapping"))):
+            model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True,
+                                                               attn_implementation=attention)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"backbone '{source}': cannot load it with an MLM head ({str(exc).splitlines()[0]})") from None
     prefix = model.base_model_prefix
@@ -314,74 +367,90 @@ def _mlm_model(source: str, vocab_size: int, attention: str | None):
     return model, notes
 
 
-def _train(model, tokenizer, feats: Features, words: np.ndarray, s: PretrainSettings, cfg: Config, device, dtype,
-           out: Path, identity: dict, log) -> list[dict]:
-    """The MLM epochs, resumed after the last complete one; the loss and seconds of every epoch."""
+def pretrain_epoch(spec: PretrainSpec, payload: PretrainPayload, log: Callable[[str], None]) -> tuple[dict, dict]:
+    """One MLM epoch, from the state the epoch before left (``payload.state``; None: a fresh model); returns the
+    epoch's record (loss, seconds, steps) and the state after it (CPU tensors). Values in, values out: it runs here
+    or on any slot of a cluster alike. The masks, order and dropout of an epoch depend on ``--seed`` and its number
+    only, so an epoch gives the same state wherever it runs and after any resume."""
+    s, cfg = spec.settings, spec.cfg
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    dtype = pick_precision(cfg.precision, device)
+    seed_everything(s.seed)  # a new MLM head and new marker embeddings start from the same random draw
+    model, notes = _mlm_model(spec.source, spec.vocab_size, pick_attention(cfg.attn_implementation, device, dtype))
+    for note in notes if payload.state is None else []:
+        log(note)
+    if payload.state is not None:
+        model.load_state_dict(payload.state["model"])
+    model.to(device)
     # no weight decay on biases and LayerNorm weights (every 1-D tensor), as in fine-tuning (kfold.model.param_groups)
     groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": s.weight_decay},
               {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=s.lr, fused=device.type in ("cuda", "cpu"))
-    steps_per_epoch = math.ceil(len(feats) / s.batch_size)
-    total = steps_per_epoch * s.epochs
+    total = math.ceil(len(payload.feats) / s.batch_size) * s.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, round(s.warmup_ratio * total)))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    state_path = out.parent / f"{out.name}{STATE_SUFFIX}" / "state.pt"
-    history, start = _resume(state_path, identity, model, optimizer, scheduler, scaler, log)
+    if payload.state is not None:
+        optimizer.load_state_dict(payload.state["optimizer"])
+        scheduler.load_state_dict(payload.state["scheduler"])
+        scaler.load_state_dict(payload.state["scaler"])
+    loss = _epoch_steps(model, optimizer, scheduler, scaler, spec, payload, device, dtype, log)
+    cpu = lambda tree: {k: v.detach().cpu() if torch.is_tensor(v) else (cpu(v) if isinstance(v, dict) else v)  # noqa: E731
+                        for k, v in tree.items()}
+    state = {"model": cpu(model.state_dict()), "optimizer": cpu(optimizer.state_dict()),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+    return {"epoch": spec.epoch + 1, **loss}, state
+
+
+def _epoch_steps(model, optimizer, scheduler, scaler, spec: PretrainSpec, payload: PretrainPayload, device, dtype,
+                 log) -> dict:
+    """The optimizer steps of one epoch; the mean MLM loss, seconds and steps."""
+    s, cfg, epoch, feats = spec.settings, spec.cfg, spec.epoch, payload.feats
     micro = math.ceil(s.batch_size / s.grad_accum)
-    t_start, streak, mlm_loss = time.perf_counter(), 0, None
-    for epoch in range(start, s.epochs):
-        seed_everything(s.seed * 100 + epoch)  # masks, order and dropout of an epoch do not depend on a resume
-        rng = np.random.default_rng(s.seed * 100 + epoch)
-        lengths = feats.lengths
-        batches = (length_grouped_batches(lengths, s.batch_size, s.seed * 100 + epoch) if cfg.length_grouping
-                   else shuffled_batches(len(feats), s.batch_size, s.seed * 100 + epoch))
-        model.train()
-        bar = tqdm(batches, desc=f"pretrain epoch {epoch + 1}/{s.epochs}", leave=False, file=sys.stderr, disable=None,
-                   dynamic_ncols=True)
-        losses, t0 = [], time.perf_counter()
-        for batch_idx in bar:
-            parts = [{k: v.to(device) for k, v in
-                      mask_rows(feats, words, idx, s.mask_prob, rng, tokenizer.mask_token_id, len(tokenizer),
-                                tokenizer.pad_token_id).items()} for idx in split_micro(batch_idx, micro)]
-            if mlm_loss is None:
-                mlm_loss = MaskedLoss(model, parts[0], log)
-            masked = sum(int((p["labels"] != -100).sum()) for p in parts)
-            step_loss = 0.0
-            for part in parts:  # each micro-batch's mean over its masked tokens, weighted by its share of them
-                share = int((part["labels"] != -100).sum()) / masked
-                with autocast(device, dtype):
-                    loss = mlm_loss(model, part)
-                scaler.scale(loss * share).backward()
-                step_loss += float(loss.detach()) * share
-            # in fp16 an overflow is the scaler's to handle (it skips the step); anywhere else, or again and again,
-            # the pretraining is broken
-            streak = streak + 1 if not math.isfinite(step_loss) else 0
-            if streak and (dtype != torch.float16 or streak > 8):
-                raise TrainingError(f"pretrain epoch {epoch + 1}: MLM loss is {step_loss} (lower --lr, or use "
-                                    "--precision bf16/fp32)")
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            losses.append(step_loss)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 1),
-                        "steps": len(batches)})
-        _save_state(state_path, identity, model, optimizer, scheduler, scaler, history)
-        left = (time.perf_counter() - t_start) / (epoch + 1 - start) * (s.epochs - epoch - 1)
-        log(f"pretrain epoch {epoch + 1}/{s.epochs}: MLM loss {history[-1]['loss']:.4f} ({seconds:.0f}s"
-            + (f"; about {left / 60:.1f} min left)" if epoch + 1 < s.epochs else ")"))
-    return history
+    seed_everything(s.seed * 100 + epoch)  # masks, order and dropout of an epoch do not depend on a resume
+    rng = np.random.default_rng(s.seed * 100 + epoch)
+    batches = (length_grouped_batches(feats.lengths, s.batch_size, s.seed * 100 + epoch) if cfg.length_grouping
+               else shuffled_batches(len(feats), s.batch_size, s.seed * 100 + epoch))
+    model.train()
+    bar = tqdm(batches, desc=f"pretrain {spec.name}", leave=False, file=sys.stderr, disable=None, dynamic_ncols=True)
+    losses, t0, streak, mlm_loss = [], time.perf_counter(), 0, None
+    for batch_idx in bar:
+        parts = [{k: v.to(device) for k, v in
+                  mask_rows(feats, payload.words, idx, s.mask_prob, rng, spec.mask_id, spec.vocab_size,
+                            spec.pad_id).items()} for idx in split_micro(batch_idx, micro)]
+        if mlm_loss is None:
+            mlm_loss = MaskedLoss(model, parts[0], log)
+        masked = sum(int((p["labels"] != -100).sum()) for p in parts)
+        step_loss = 0.0
+        for part in parts:  # each micro-batch's mean over its masked tokens, weighted by its share of them
+            share = int((part["labels"] != -100).sum()) / masked
+            with autocast(device, dtype):
+                loss = mlm_loss(model, part)
+            scaler.scale(loss * share).backward()
+            step_loss += float(loss.detach()) * share
+        # in fp16 an overflow is the scaler's to handle (it skips the step); anywhere else, or again and again,
+        # the pretraining is broken
+        streak = streak + 1 if not math.isfinite(step_loss) else 0
+        if streak and (dtype != torch.float16 or streak > 8):
+            raise TrainingError(f"pretrain epoch {epoch + 1}: MLM loss is {step_loss} (lower --lr, or use "
+                                "--precision bf16/fp32)")
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    bar.close()
+    return {"loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 1), "steps": len(batches)}
 
 
-def _resume(state_path: Path, identity: dict, model, optimizer, scheduler, scaler, log) -> tuple[list[dict], int]:
-    """The history and the next epoch from a saved state of this pretraining (none: a fresh start)."""
+def _load_state(state_path: Path, identity: dict, log) -> dict | None:
+    """The state after the last complete epoch of this pretraining (None: a fresh start)."""
     if not state_path.exists():
-        return [], 0
+        return None
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
@@ -390,20 +459,15 @@ def _resume(state_path: Path, identity: dict, model, optimizer, scheduler, scale
     if not isinstance(state, dict) or state.get("identity") != identity:
         raise StoreError(f"{state_path}: saved by a pretraining with other settings or data; delete "
                          f"{state_path.parent} or choose another --out")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
     log(f"pretrain: resuming after epoch {len(state['history'])} ({state_path.parent})")
-    return list(state["history"]), len(state["history"])
+    return state
 
 
-def _save_state(state_path: Path, identity: dict, model, optimizer, scheduler, scaler, history: list[dict]) -> None:
+def _save_state(state_path: Path, state: dict) -> None:
     """The state after a complete epoch, written atomically (a temporary file, then a rename)."""
     state_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = state_path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history}, tmp)
+    torch.save(state, tmp)
     os.replace(tmp, state_path)
 
 
@@ -415,7 +479,8 @@ def _write_folder(model, tokenizer, source: str, out: Path, identity: dict, hist
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     prefix = model.base_model_prefix
-    base, info = AutoModel.from_pretrained(source, output_loading_info=True)
+    with quiet_loading(lambda r: "LOAD REPORT" not in r.getMessage()):  # the source's own weights, as saved
+        base, info = AutoModel.from_pretrained(source, output_loading_info=True)
     not_in_checkpoint = set(info.get("missing_keys", []))
     original = base.state_dict()
     carried = [k for k in original if f"{prefix}.{k}" not in state and k not in not_in_checkpoint]

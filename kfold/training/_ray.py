@@ -36,7 +36,7 @@ from ray.util.queue import Empty, Queue
 from kfold.core.config import Config
 from kfold.core.errors import ConfigError, RuntimeLost
 
-from ._parts import PartSpec, RunPayload, compute_part
+from ._parts import PartSpec, RunPayload, compute_part, pretrain_part
 from ._resources import Event, available_cores, device_label, slots_of, threads_per_part
 
 #: What the engine raises when a part's process or node is gone (retried), as opposed to what the part raised.
@@ -61,7 +61,7 @@ def _run_part(spec: PartSpec, payload: RunPayload, events, token: int, part_fn: 
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
     events.put(("start", token, device, node))
     kwargs = {"device_name": device, "node": node}
-    if part_fn is compute_part:
+    if part_fn in (compute_part, pretrain_part):  # the parts that send their lines as they write them
         kwargs["log"] = lambda line: events.put(("log", token, line))
     # what the part writes to stderr (a warning, a library's message) reaches the driver's output and the run's
     # log.txt too, prefixed, as Ray's own log_to_driver (off: it would print every worker's setup) would not

@@ -11,7 +11,7 @@ import torch
 
 from kfold.cli import main
 from kfold.core.config import Config
-from kfold.core.errors import StoreError
+from kfold.core.errors import ConfigError, StoreError
 from kfold.data._readers import read_dataset
 from kfold.encoding import BUILD_RECORD, built_backbone_hash, encode, load_tokenizer, marker_tokens
 from kfold.training import FoldData, PretrainSettings, pretrain, train_fold
@@ -269,3 +269,79 @@ def test_an_unknown_head_falls_back_to_the_full_forward_and_says_so(tiny_bert, d
                                            "masked-only use is not known for this architecture)"]
     model.cls.forward = type(model.cls).forward.__get__(model.cls)
     assert torch.equal(loss(model, batch), model(**batch).loss)
+
+
+class _FakeCluster:
+    """An executor of pretraining parts that computes them here and can fail one epoch: ``fail`` = (epoch, kind)
+    with kind "error", "died" or "interrupt" (Ctrl-C while waiting)."""
+
+    def __init__(self, fail=None, refuse_check=False):
+        self.fail, self.refuse_check = fail, refuse_check
+        self.calls, self.queue, self.closed = [], [], False
+
+    def check(self, backbones):
+        self.calls.append(("check", tuple(backbones)))
+        if self.refuse_check:
+            raise ConfigError("1 mismatch between the nodes and this machine; nothing was submitted")
+
+    def put(self, payload):
+        return payload
+
+    def submit(self, key, spec, payload, *, alone=False):
+        self.calls.append(("submit", key, alone))
+        self.queue.append((key, spec, payload))
+
+    def wait(self, timeout=None):
+        from kfold.training import pretrain_part
+        from kfold.training._resources import Event
+
+        key, spec, payload = self.queue.pop(0)
+        if self.fail and self.fail[0] == spec.epoch + 1:
+            if self.fail[1] == "interrupt":
+                raise KeyboardInterrupt
+            if self.fail[1] == "died":
+                return [Event(key, "died", message="NodeDiedError: node 10.0.0.2 stopped")]
+            return [Event(key, "error", error=RuntimeError("CUDA out of memory\nmore"))]
+        return [Event(key, "done", result=pretrain_part(spec, payload, node="node-b"))]
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("kind, line", [
+    ("error", r"^pretrain epoch 2/3 failed on the cluster \(CUDA out of memory\); epoch 1 is saved and the same command "
+              r"resumes there$"),
+    ("died", r"^pretrain epoch 2/3 was lost on the cluster \(NodeDiedError: node 10\.0\.0\.2 stopped\); epoch 1 is "
+             r"saved and the same command resumes there$"),
+    ("interrupt", None)])
+def test_a_cluster_epoch_that_fails_keeps_the_epochs_before_and_the_rerun_ends_where_one_run_does(kind, line, demo_dir,
+                                                                                                  tiny_bert, tmp_path):
+    from safetensors.torch import load_file
+
+    from kfold.core.errors import TrainingError
+    from kfold.training import run_pretrain
+
+    cfg, settings = _cfg(demo_dir, tiny_bert), PretrainSettings(epochs=3, lr=1e-3, batch_size=32)
+    whole = pretrain(cfg, tmp_path / "whole", settings, log=lambda m: None)
+    cluster = _FakeCluster(fail=(2, kind))
+    with pytest.raises(KeyboardInterrupt if kind == "interrupt" else TrainingError, match=line):
+        run_pretrain(cfg, tmp_path / "cut", settings, log=lambda m: None, executor=cluster)
+    assert cluster.closed and not (tmp_path / "cut").exists()
+    assert cluster.calls == [("check", (tiny_bert,)), ("submit", 0, True), ("submit", 1, True)]
+    saved = torch.load(tmp_path / "cut.pretrain-state" / "state.pt", weights_only=False)
+    assert [e["epoch"] for e in saved["history"]] == [1] and saved["history"][0]["node"] == "node-b"
+    lines = []
+    cut = run_pretrain(cfg, tmp_path / "cut", settings, log=lines.append, executor=_FakeCluster())  # the same command
+    assert any("resuming after epoch 1" in x for x in lines)
+    a, b = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # epochs moved between places: same
+
+
+def test_a_node_without_the_backbone_is_refused_before_any_epoch_and_the_executor_closed(demo_dir, tiny_bert, tmp_path):
+    from kfold.training import run_pretrain
+
+    cluster = _FakeCluster(refuse_check=True)
+    with pytest.raises(ConfigError, match="nothing was submitted"):
+        run_pretrain(_cfg(demo_dir, tiny_bert), tmp_path / "out", PretrainSettings(epochs=1), log=lambda m: None,
+                     executor=cluster)
+    assert cluster.closed and cluster.calls == [("check", (tiny_bert,))] and not (tmp_path / "out").exists()

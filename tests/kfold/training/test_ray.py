@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'rekfold[ray]')")
 
@@ -316,3 +317,26 @@ def test_a_node_whose_pretrained_folder_holds_other_weights_is_refused_before_an
                                           r"weights \(content hash 000000000000, this machine's [0-9a-f]{12};"):
         check_nodes([str(folder)], report=older_folder_on_the_node)
     assert check_nodes([str(folder)])  # the same folder everywhere: no problem
+
+
+@pytest.mark.timeout(300)  # a fresh worker per epoch imports torch and transformers: ~20 s each on 2 busy cores
+def test_pretrain_on_the_cluster_runs_each_epoch_as_a_part_and_ends_where_the_in_process_run_does(tmp_path, demo_dir,
+                                                                                                  tiny_bert):
+    from safetensors.torch import load_file
+
+    from kfold.encoding import BUILD_RECORD
+    from kfold.training import PretrainSettings, pretrain, pretrain_part, run_pretrain
+
+    cfg = Config(data=str(demo_dir / "train.tsv"), backbone=tiny_bert, max_len=64, precision="fp32", threads=1,
+                 gpus_per_fold=0.0, cpus_per_fold=1)
+    settings = PretrainSettings(epochs=2, lr=1e-3, batch_size=32)
+    lines = []
+    executor = RayExecutor(cfg, part_fn=pretrain_part)  # one-core slots: the same threads as in-process here
+    on_ray = run_pretrain(cfg, tmp_path / "ray", settings, log=lines.append, executor=executor)
+    here = pretrain(cfg, tmp_path / "here", settings, log=lambda m: None)
+    epochs = json.loads((on_ray / BUILD_RECORD).read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(e["node"] and e["device"] == "cpu" for e in epochs)
+    assert any(line.startswith("pretrain epoch 1/2: MLM loss") and " on " in line for line in lines)
+    a, b = load_file(on_ray / "model.safetensors"), load_file(here / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not executor._running and ray.is_initialized()  # closed; the module's runtime (not its own) stays up
