@@ -24,6 +24,7 @@ _EXPORTS = {
     "BlendScores": "._honest",
     "MethodResult": "._honest",
     "honest_oof": "._honest",
+    "fold_fits": "._honest",
     "score_blend": "._honest",
     "compare_methods": "._honest",
     "choose_method": "._honest",
@@ -38,6 +39,7 @@ _EXPORTS = {
     "DEFAULT_TEST_SOURCE": "._members",
     # _write
     "write_blend": "._write",
+    "blend_fits": "._write",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 
 from kfold.core.errors import ConfigError, unknown_name
@@ -89,6 +89,26 @@ class Blender(BaseEstimator):
         self._check_fitted()
         return np.full(self.n_members_, 1.0 / self.n_members_)
 
+    def fitted_params(self) -> dict:
+        """What the fit learned, as JSON values: what a blend's manifest keeps, for the fit on all OOF rows and for
+        each fold's fit without that fold (:func:`ensemble.fold_fits`). :meth:`with_fitted` makes a blender of it."""
+        self._check_fitted()
+        return {"n_members": int(self.n_members_), "n_labels": int(self.n_labels_), **self._learned()}
+
+    def with_fitted(self, params: dict) -> "Blender":
+        """A copy of this blender holding the fitted parameters ``params`` (from :meth:`fitted_params`): it
+        predicts exactly as the blender they came from."""
+        out = clone(self)
+        out.n_members_, out.n_labels_ = int(params["n_members"]), int(params["n_labels"])
+        out._restore(params)
+        return out
+
+    def _learned(self) -> dict:
+        return {}  # a method that learns nothing but the shapes
+
+    def _restore(self, params: dict) -> None:
+        pass
+
     def fit(self, logits, y):  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -116,6 +136,12 @@ class SoftVote(Blender):
         z = self._check_logits(logits, fitting=False)
         return _softmax3(z, self.temperatures_).mean(axis=0)
 
+    def _learned(self) -> dict:
+        return {"temperatures": self.temperatures_.tolist()}
+
+    def _restore(self, params: dict) -> None:
+        self.temperatures_ = np.asarray(params["temperatures"], dtype=np.float64)
+
 
 class _WeightedMean(Blender):
     """Base of the blenders whose prediction is a weighted mean of probabilities (``weights_``)."""
@@ -127,6 +153,12 @@ class _WeightedMean(Blender):
     def predict_proba(self, logits) -> np.ndarray:
         z = self._check_logits(logits, fitting=False)
         return np.tensordot(self.weights_, _softmax3(z), axes=1)
+
+    def _learned(self) -> dict:
+        return {"weights": self.weights_.tolist()}
+
+    def _restore(self, params: dict) -> None:
+        self.weights_ = np.asarray(params["weights"], dtype=np.float64)
 
 
 class WeightedBlend(_WeightedMean):
@@ -286,6 +318,23 @@ class Stacking(Blender):
         self.classes_ = np.unique(y)
         self.C_ = float(np.ravel(self.model_.C_)[0]) if self.model_ is not None and hasattr(self.model_, "C_") else 1.0
         return self
+
+    def _learned(self) -> dict:
+        model = None if self.model_ is None else {
+            "coef": self.model_.coef_.tolist(), "intercept": self.model_.intercept_.tolist(),
+            "classes": self.model_.classes_.tolist()}
+        return {"classes": self.classes_.tolist(), "C": self.C_, "model": model}
+
+    def _restore(self, params: dict) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self.classes_, self.C_, self.model_ = np.asarray(params["classes"], dtype=np.int64), float(params["C"]), None
+        if params["model"] is not None:  # a logistic regression predicts from these alone
+            self.model_ = LogisticRegression(C=self.C_)
+            self.model_.coef_ = np.asarray(params["model"]["coef"], dtype=np.float64)
+            self.model_.intercept_ = np.asarray(params["model"]["intercept"], dtype=np.float64)
+            self.model_.classes_ = np.asarray(params["model"]["classes"], dtype=np.int64)
+            self.model_.n_features_in_ = self.model_.coef_.shape[1]
 
     def member_weights(self) -> np.ndarray:
         """Share of the absolute coefficients that falls on each member's features."""

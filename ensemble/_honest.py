@@ -8,7 +8,7 @@ every fold, then scores the assembled predictions: every row is predicted by a b
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -19,17 +19,25 @@ from kfold.core.metrics import auprc_labels, metric_fn, metric_name, sign, softm
 from ._blenders import Blender
 
 
-def honest_oof(blender: Blender, logits: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Blend probabilities for every OOF row, each from a copy of ``blender`` fit on the other folds.
+def fold_fits(blender: Blender, logits: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict[int, Blender]:
+    """For every fold of the fold map, a copy of ``blender`` fit on the other folds' OOF rows: the blend that never
+    saw that fold (what the honest score predicts it with, and what a per-fold use of the blend needs)."""
+    return {int(f): clone(blender).fit(logits[:, folds != f], y[folds != f]) for f in np.unique(folds)}
+
+
+def honest_oof(blender: Blender, logits: np.ndarray, y: np.ndarray, folds: np.ndarray,
+               fits: dict[int, Blender] | None = None) -> np.ndarray:
+    """Blend probabilities for every OOF row, each from a copy of ``blender`` fit on the other folds (``fits``:
+    those copies, when :func:`fold_fits` made them already).
 
     Example
     -------
     >>> probs = honest_oof(WeightedBlend(), members.oof, members.y, members.folds)  # doctest: +SKIP
     """
+    fits = fold_fits(blender, logits, y, folds) if fits is None else fits
     out = np.zeros((logits.shape[1], logits.shape[2]))
-    for f in np.unique(folds):
+    for f, model in fits.items():
         held = folds == f
-        model = clone(blender).fit(logits[:, ~held], y[~held])
         out[held] = model.predict_proba(logits[:, held])
     return out
 
@@ -69,13 +77,21 @@ class BlendScores:
 def score_blend(blender: Blender, names: list[str], logits: np.ndarray, y: np.ndarray, folds: np.ndarray,
                 metric: str, label_names, no_relation=None) -> tuple[Blender, BlendScores, np.ndarray]:
     """Fit ``blender`` on all OOF rows, score it honestly and in-sample; returns (fitted, scores, honest probs)."""
+    result = _scored("", blender, names, logits, y, folds, metric, label_names, no_relation)
+    return result.fitted, result.scores, result.honest_probs
+
+
+def _scored(method: str, blender: Blender, names: list[str], logits: np.ndarray, y: np.ndarray, folds: np.ndarray,
+            metric: str, label_names, no_relation=None) -> "MethodResult":
+    t0 = time.perf_counter()
     fn = metric_fn(metric, label_names, no_relation)
     members = {n: fn(y, softmax(z)) for n, z in zip(names, logits)}
-    honest_probs = honest_oof(blender, logits, y, folds)
+    fits = fold_fits(blender, logits, y, folds)
+    honest_probs = honest_oof(blender, logits, y, folds, fits)
     fitted = clone(blender).fit(logits, y)
     scores = BlendScores(metric, members, fn(y, honest_probs), fn(y, fitted.predict_proba(logits)),
                          dict(zip(names, map(float, fitted.member_weights()))), auprc_labels(y, len(label_names)))
-    return fitted, scores, honest_probs
+    return MethodResult(method, fitted, scores, time.perf_counter() - t0, honest_probs, fits)
 
 
 #: Blend methods from the fewest learned parameters to the most; a simpler method wins a near-tie.
@@ -93,17 +109,14 @@ class MethodResult:
     scores: BlendScores
     seconds: float
     honest_probs: np.ndarray  # every OOF row predicted by a copy fit on the other folds
+    fold_fits: dict[int, Blender] = field(default_factory=dict)  # those copies, by the fold each left out
 
 
 def compare_methods(make: Callable[[str], Blender], methods: list[str], names: list[str], logits: np.ndarray,
                     y: np.ndarray, folds: np.ndarray, metric: str, label_names, no_relation=None) -> list[MethodResult]:
     """Fit and honestly score each method (``make(method)`` builds its blender), in the order given."""
-    out = []
-    for method in methods:
-        t0 = time.perf_counter()
-        fitted, scores, honest = score_blend(make(method), names, logits, y, folds, metric, label_names, no_relation)
-        out.append(MethodResult(method, fitted, scores, time.perf_counter() - t0, honest))
-    return out
+    return [_scored(method, make(method), names, logits, y, folds, metric, label_names, no_relation)
+            for method in methods]
 
 
 def choose_method(honest: dict[str, float], metric: str, tie: float = TIE) -> str:

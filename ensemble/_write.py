@@ -7,13 +7,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
 
 from kfold.core.metrics import all_scores
 from kfold.core.store import Predictions, save_predictions
-from kfold.core.textio import write_json_atomic
+from kfold.core.errors import ConfigError
+from kfold.core.textio import read_json, write_json_atomic
 from submissions import write_submission
 
-from ._honest import MethodResult
+from ._blenders import METHODS, Blender
+from ._honest import MethodResult, fold_fits
 from ._members import Members
 
 
@@ -24,8 +27,9 @@ def write_blend(members: Members, result: MethodResult, fmt: str, out: str | Pat
     anything), ``<file>.oof.npz`` (the blend's honest OOF predictions) and ``<file>.manifest.json`` beside it
     (written last); returns (path, manifest).
 
-    The manifest records the method, its parameters and weights, the honest and in-sample OOF scores, the
-    members, the fold map, the test source and the command, so the file can be traced to what made it.
+    The manifest records the method, its parameters and weights, the fitted parameters (on all OOF rows, and per
+    fold without that fold), the honest and in-sample OOF scores, the members, the fold map, the test source and
+    the command, so the file can be traced to what made it and its blend used fold by fold (:func:`blend_fits`).
     """
     probs = result.fitted.predict_proba(members.test)
     path = write_submission(out, fmt, [str(i) for i in members.test_ids], members.label_names, probs, force=force)
@@ -37,7 +41,12 @@ def write_blend(members: Members, result: MethodResult, fmt: str, out: str | Pat
         "best_member": s.best_member[0], "gain_over_best_member": s.gain, "weights": s.weights,
         "members": members.names, "fold_map_hash": members.fold_map_hash, "test_rows": len(members.test_ids),
         "test_source": test_source, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "seconds": round(result.seconds, 2), **(extra or {}),
+        "seconds": round(result.seconds, 2),
+        # what the fits learned: on all OOF rows (the file's), and per fold without that fold (nested; a per-fold
+        # use of the blend, such as pseudo-labels for fold k, takes the fit that never saw fold k)
+        "fitted_params": result.fitted.fitted_params(),
+        "fold_params": {str(f): fit.fitted_params() for f, fit in sorted(result.fold_fits.items())},
+        **(extra or {}),
     }
     if members.test_y is not None and (members.test_y >= 0).all():
         manifest["test_scores_from_labelled_test_file"] = all_scores(members.test_y, probs, members.label_names, no_relation)
@@ -47,3 +56,39 @@ def write_blend(members: Members, result: MethodResult, fmt: str, out: str | Pat
                      Predictions(members.ids, members.label_names, logp, members.fold_map_hash, members.y, members.folds))
     write_json_atomic(path.with_name(path.name + ".manifest.json"), manifest)
     return path, manifest
+
+
+def blend_fits(manifest_path: str | Path, members: Members) -> tuple[Blender, dict[int, Blender]]:
+    """The blend a manifest describes, on all OOF rows and per fold (each fit without its fold), ready to predict
+    ``members``' logits. From the manifest's fitted parameters; for a manifest written before they were kept,
+    recomputed from its members, method and settings (the fits are deterministic) and checked against its
+    recorded weights. ``members``: the manifest's members, loaded (:func:`load_members`).
+
+    Raises ConfigError (one line naming the file and field) when the members are not the manifest's (other runs,
+    another fold map) or a recomputed blend does not give the recorded weights (a member changed since)."""
+    path = Path(manifest_path)
+    manifest = read_json(path)
+    where = lambda field: f"{path}: field '{field}'"  # noqa: E731
+    if list(members.names) != list(manifest.get("members", [])):
+        raise ConfigError(f"{where('members')}: the blend's members are {manifest.get('members')}, the runs given "
+                          f"are {list(members.names)}")
+    if members.fold_map_hash != manifest.get("fold_map_hash"):
+        raise ConfigError(f"{where('fold_map_hash')}: the blend was fit over fold map "
+                          f"{str(manifest.get('fold_map_hash'))[:12]}, its members now have {members.fold_map_hash[:12]}")
+    if manifest.get("method") not in METHODS:
+        raise ConfigError(f"{where('method')}: {manifest.get('method')!r} is not a blend method "
+                          f"({', '.join(METHODS)})")
+    try:
+        blender = METHODS[manifest["method"]](**manifest.get("params", {}))
+    except TypeError as exc:
+        raise ConfigError(f"{where('params')}: not the settings of {manifest['method']} ({exc})") from None
+    if "fold_params" in manifest and "fitted_params" in manifest:
+        return (blender.with_fitted(manifest["fitted_params"]),
+                {int(f): blender.with_fitted(p) for f, p in manifest["fold_params"].items()})
+    fitted = clone(blender).fit(members.oof, members.y)
+    recorded = np.array([manifest.get("weights", {}).get(n, np.nan) for n in members.names], dtype=np.float64)
+    if not np.allclose(fitted.member_weights(), recorded, atol=1e-6):
+        raise ConfigError(f"{where('weights')}: this blend, recomputed from its members (it was written before "
+                          "blends kept their per-fold fits), gives other weights than recorded: a member's "
+                          "predictions changed since; blend again with `ensemble blend`")
+    return fitted, fold_fits(blender, members.oof, members.y, members.folds)
