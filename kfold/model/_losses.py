@@ -30,6 +30,11 @@ class RelationLoss(torch.nn.Module):
     ``focal``: (1 - p_t)^gamma times the (smoothed, weighted) cross-entropy (Lin et al. 2017),
     p_t being the unsmoothed probability of the true class.
 
+    ``labels``: label indices [B], or soft targets [B, C] (probabilities, rows summing to 1: a teacher's, for
+    pseudo-labelled rows). A soft target q is the one-hot vector's generalisation, and a one-hot q gives exactly the
+    index's loss: smoothing mixes it as (1 - e) q + e / C, class weights give -sum_c w_c q_c log p_c (PyTorch's
+    rule for probability targets), and focal's p_t is the expected probability of the target, sum_c q_c p_c.
+
     Example
     -------
     >>> loss = RelationLoss("ce", label_smoothing=0.05)
@@ -51,7 +56,8 @@ class RelationLoss(torch.nn.Module):
         weight = self.weight.to(logits.device) if self.weight is not None else None
         per_example = F.cross_entropy(logits, labels, weight=weight, label_smoothing=self.label_smoothing, reduction="none")
         if self.kind == "focal":
-            p_true = torch.softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)
+            probs = torch.softmax(logits, dim=-1)
+            p_true = (probs * labels).sum(1) if labels.is_floating_point() else probs.gather(1, labels[:, None]).squeeze(1)
             per_example = (1.0 - p_true).clamp(min=0).pow(self.gamma) * per_example
         return per_example.mean()
 

@@ -204,6 +204,26 @@ def test_focal_and_class_weighted_losses():
     assert class_weight_vector(np.array([0, 1]), 2, "none") is None
 
 
+@pytest.mark.parametrize("kind", ["ce", "focal"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_soft_targets_generalise_label_indices(kind, smoothing, weighted):
+    torch.manual_seed(0)
+    logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 1, 0])
+    weight = class_weight_vector(np.array([0, 0, 1, 2, 3, 3, 3]), 4, "balanced") if weighted else None
+    loss = RelationLoss(kind, label_smoothing=smoothing, weight=weight)
+    # a one-hot target is its index's loss, exactly (up to float rounding)
+    torch.testing.assert_close(loss(logits, torch.nn.functional.one_hot(y, 4).float()), loss(logits, y))
+    # a soft target: the rule the docstring states, by hand
+    q = torch.softmax(torch.randn(6, 4), 1)
+    w = weight if weighted else torch.ones(4)
+    smoothed = (1 - smoothing) * q + smoothing / 4
+    per_row = -(w * smoothed * torch.log_softmax(logits, 1)).sum(1)
+    if kind == "focal":
+        per_row = (1 - (torch.softmax(logits, 1) * q).sum(1)) ** 2 * per_row
+    torch.testing.assert_close(loss(logits, q), per_row.mean())
+
+
 def test_rdrop_kl_is_the_symmetric_kl_between_the_two_halves():
     a = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
     b = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
