@@ -139,10 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=1, help="seed of the masks, order and dropout (default: 1)")
     pre.add_argument("--cluster", default=None, metavar="STR",
                      help="where the epochs train: none = in this process; local = a Ray runtime of its own on this "
-                     "machine; HOST:PORT = that Ray cluster, one slot with a whole node's cores (or a GPU), each "
-                     "epoch a part whose state comes back here and is saved here (so it resumes with or without the "
-                     "cluster); auto = the cluster in RAY_ADDRESS if set, else none (default: a config file's "
-                     "cluster, else auto)")
+                     "machine; HOST:PORT = that Ray cluster: each epoch a part on one slot (a GPU where the cluster "
+                     "has them, else a whole node's cores unless a config file sets cpus_per_fold) whose state comes "
+                     "back here and is saved here, so it resumes with or without the cluster; an epoch whose worker "
+                     "dies is submitted again (retries); auto = the cluster in RAY_ADDRESS if set, else none "
+                     "(default: a config file's cluster, else auto)")
     add_config_flags(pre, only=PRETRAIN_KEYS)
 
     demo = sub.add_parser("demo-data", help="write the generated demo data set")

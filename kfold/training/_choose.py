@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from kfold.core.config import Config
-from kfold.core.errors import ConfigError, TrainingError
+from kfold.core.errors import ConfigError, DataError, RuntimeLost, StoreError, TrainingError
 from kfold.core.textio import write_json_atomic
 
 from ._inprocess import InProcessExecutor
@@ -206,44 +206,74 @@ def run_pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = Pret
     ``--cluster local`` or ``HOST:PORT``; ``auto``: the cluster in ``RAY_ADDRESS`` when it is set, else here (a
     pretraining is one part: nothing trains beside it). On a cluster every epoch is a part that gets the state the
     epoch before left and returns the new one to this process, which saves it: the same command resumes after the
-    last complete epoch, with or without the cluster, and no node needs a shared disk. ``executor``: one that runs
+    last complete epoch, with or without the cluster, and no node needs a shared disk. The cluster is started or
+    joined at the first epoch to train (a finished folder, or bad data, needs none); an epoch whose node dies is
+    submitted again, ``--retries`` times, like a fold. ``executor``: one that runs
     :func:`kfold.training.pretrain_part` (tests pass a fake).
 
-    Raises TrainingError naming the epoch when a part fails or its node dies (the epochs before it are kept),
-    RuntimeLost when the runtime itself is gone, ConfigError when a node lacks the backbone or Ray is missing.
+    Raises the part's own error type (TrainingError, ConfigError, ...) naming the epoch when a part fails or its
+    node dies past the retries, RuntimeLost naming it when the runtime itself is gone (the epochs before it are
+    kept in both cases), ConfigError when a node lacks the backbone or Ray is missing.
     """
-    where = cfg.cluster if cfg.cluster != "auto" else (os.environ.get("RAY_ADDRESS") or "none")
+    where, note = resolve_cluster(cfg)
+    if cfg.cluster == "auto" and not os.environ.get("RAY_ADDRESS"):
+        where = "none"  # several GPUs or a probe would place several parts; a pretraining is one
     if executor is None and where == "none":
         return pretrain(cfg, out, settings, use_test=use_test, log=log)
-    executor = executor or ray_executor(cfg, where, log=log, part_fn=pretrain_part)
+    if note and where != "none":
+        log(note)
+    epochs = _EpochsOnCluster(lambda: executor or ray_executor(cfg, where, log=log, part_fn=pretrain_part),
+                              cfg.backbone, cfg.retries, log)
     try:  # closed on every path: a refused node check, a failed epoch, Ctrl-C
-        return pretrain(cfg, out, settings, use_test=use_test, log=log,
-                        run_epoch=_EpochsOnCluster(executor, cfg.backbone, log))
+        return pretrain(cfg, out, settings, use_test=use_test, log=log, run_epoch=epochs)
     finally:
-        executor.close()
+        epochs.close()
 
 
 class _EpochsOnCluster:
-    """Runs one pretraining epoch at a time as a part on an executor (a Ray one), the whole node's cores for it."""
+    """Runs one pretraining epoch at a time as a part on an executor (a Ray one), made at the first epoch, with a
+    whole node's cores where ``--cpus-per-fold`` is 0 (the default)."""
 
-    def __init__(self, executor, backbone: str, log: Callable[[str], None]):
-        self.executor, self.log = executor, log
-        executor.check([backbone])  # every node has the source backbone (and the same versions), before any epoch
+    def __init__(self, make: Callable, backbone: str, retries: int, log: Callable[[str], None]):
+        self.make, self.backbone, self.retries, self.log = make, backbone, retries, log
+        self.executor = None
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
 
     def __call__(self, spec: PretrainSpec, payload: PretrainPayload) -> tuple[dict, dict]:
-        self.executor.submit(spec.epoch, spec, self.executor.put(payload), alone=True)
-        events: list = []
-        while not events:
-            events = self.executor.wait()
-        event = events[0]
-        if event.kind == "done":
-            for line in event.result.log:  # lines a part kept (those it sent as it ran were logged already)
-                self.log(line)
-            return event.result.record, event.result.state_dict
-        why = event.message or (str(event.error).strip().splitlines() or [type(event.error).__name__])[0]
+        if self.executor is None:
+            self.executor = self.make()
+            self.executor.check([self.backbone])  # every node has the source backbone (and the same versions)
         saved = {0: "", 1: "epoch 1 is saved and "}.get(spec.epoch, f"epochs 1-{spec.epoch} are saved and ")
-        raise TrainingError(f"pretrain {spec.name} {'failed' if event.kind == 'error' else 'was lost'} on the "
-                            f"cluster ({why}); {saved}the same command resumes there")
+        for attempt in range(1, self.retries + 2):
+            try:
+                self.executor.submit(spec.epoch, spec, self.executor.put(payload), alone=True)
+                events = self.executor.wait()
+            except RuntimeLost as exc:
+                raise RuntimeLost(f"pretrain {spec.name}: {exc}; {saved}the same command resumes there") from None
+            if len(events) != 1 or events[0].key != spec.epoch:
+                raise TrainingError(f"pretrain {spec.name}: the executor answered {len(events)} event(s) "
+                                    f"({', '.join(str(e.key) for e in events)}), not this epoch's")
+            event = events[0]
+            if event.kind == "done":
+                for line in event.result.log:  # lines a part kept (those it sent as it ran were logged already)
+                    self.log(line)
+                return event.result.record, event.result.state_dict
+            if event.kind == "died" and attempt <= self.retries:
+                self.log(f"pretrain {spec.name}: its worker died ({event.message}); submitted again (attempt "
+                         f"{attempt + 1} of {self.retries + 1})")
+                continue
+            break
+        if event.traceback:
+            for line in event.traceback.rstrip().splitlines():
+                self.log(f"pretrain {spec.name} | {line}")
+        err = event.error
+        why = event.message or (str(err).strip().splitlines() or [type(err).__name__])[0]
+        line = (f"pretrain {spec.name} {'failed' if event.kind == 'error' else 'was lost'} on the cluster ({why}); "
+                f"{saved}the same command resumes there")
+        raise next((c for c in (ConfigError, DataError, StoreError) if isinstance(err, c)), TrainingError)(line)
 
 
 def ray_executor(cfg: Config, address: str, **kwargs):

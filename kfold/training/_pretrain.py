@@ -22,6 +22,7 @@ backbone on the competition's own sentences, marked as fine-tuning marks them, w
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import pickle
@@ -195,7 +196,7 @@ def pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = Pretrain
     out: the backbone folder to write (refused when it holds something else). settings: the MLM settings.
     use_test: also train on the test file's sentences (its labels, if any, are not used; the record says so).
     run_epoch: computes one epoch from its spec and payload, returning (record, state): default
-    :func:`pretrain_epoch` in this process; ``kfold.training.pretrain_on`` passes one that runs it on a cluster's
+    :func:`pretrain_epoch` in this process; ``kfold.training.run_pretrain`` passes one that runs it on a cluster's
     slot. The state after every epoch is saved here, by the caller, wherever the epoch ran.
 
     Raises
@@ -208,8 +209,6 @@ def pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = Pretrain
     >>> pretrain(Config(data="train.tsv", backbone="minilm"), "tapt-minilm", PretrainSettings(epochs=3))  # doctest: +SKIP
     """
     out = Path(out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     # the data lists (offsets repaired, overlaps; the demo data without --data) go beside the folder, kept
     data = load_data(cfg, out.parent / f"{out.name}-data", log)
     datasets = [data.train] + ([data.test] if use_test and data.test is not None else [])
@@ -249,9 +248,7 @@ def pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = Pretrain
         log(f"pretrain epoch {epoch + 1}/{settings.epochs}: MLM loss {record['loss']:.4f} ({record['seconds']:.0f}s"
             + (f" on {record['node']}" if record.get("node") else "")
             + (f"; about {left / 60:.1f} min left)" if epoch + 1 < settings.epochs else ")"))
-    seed_everything(settings.seed)
-    model, _ = _mlm_model(source, len(tokenizer), None)
-    model.load_state_dict(state["model"])
+    model, _ = _model_at(source, len(tokenizer), None, settings.seed, state["model"])
     _write_folder(model, tokenizer, source, out, identity, history, len(feats), settings)
     per_epoch = ", ".join(f"{h['loss']:.3f}" for h in history)
     log(f"pretrain: wrote {out} (MLM loss per epoch {per_epoch}); "
@@ -312,24 +309,30 @@ class MaskedLoss:
 
     def __init__(self, model, batch: dict[str, torch.Tensor], log: Callable[[str], None]):
         self.head = _mlm_head(model)
-        batch = {k: v[:2] for k, v in batch.items()}  # two rows: the full logits of a big batch take gigabytes
-        if self.head is not None and bool((batch["labels"] != -100).any()):
-            was = model.training
-            model.eval()
-            try:
-                with torch.no_grad():
-                    full = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-                    where = batch["labels"] != -100
-                    ok = torch.allclose(self._logits(model, batch, where), full[where].float(), rtol=1e-3, atol=1e-3)
-            except (TypeError, RuntimeError, ValueError):  # a head that needs more than the hidden states
-                ok = False
-            finally:
-                model.train(was)
-            if not ok:
-                self.head = None
+        # two rows with masked tokens: the full logits of a big batch take gigabytes
+        rows = torch.nonzero((batch["labels"] != -100).any(1)).flatten()[:2]
+        batch = {k: v[rows] for k, v in batch.items()}
+        if self.head is not None:
+            self.head = self.head if len(rows) and self._agrees(model, batch) else None
         if self.head is None:
             log(f"pretrain: {type(model).__name__}: the MLM head runs on every token (its masked-only use is not "
                 "known for this architecture)")
+
+    def _agrees(self, model, batch: dict[str, torch.Tensor]) -> bool:
+        """Whether the head on the masked positions gives the model's own logits there (eval mode, no dropout)."""
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                full = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                where = batch["labels"] != -100
+                return torch.allclose(self._logits(model, batch, where), full[where].float(), rtol=1e-3, atol=1e-3)
+        except (TypeError, ValueError, RuntimeError) as exc:  # a head that needs more than the hidden states
+            if "out of memory" in str(exc):
+                raise
+            return False
+        finally:
+            model.train(was)
 
     def _logits(self, model, batch: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
         hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
@@ -342,14 +345,41 @@ class MaskedLoss:
         return torch.nn.functional.cross_entropy(self._logits(model, batch, where), batch["labels"][where])
 
 
+def _no_load_report(record) -> bool:
+    """Logging filter: transformers' load report would list the new head's tensors and the unused pooler each time
+    the model is built; :func:`_mlm_model`'s notes say what matters (a new head; missing encoder weights refused)."""
+    return not any(w in record.getMessage() for w in ("LOAD REPORT", "tied weights mapping"))
+
+
+def _model_at(source: str, vocab_size: int, attention: str | None, seed: int, state: dict | None):
+    """The MLM model as a pretraining left it: built from ``source`` (a new head from the draw of ``seed``), then
+    ``state``'s weights when given. Returns (model, notes)."""
+    seed_everything(seed)  # a new MLM head and new marker embeddings start from the same random draw
+    model, notes = _mlm_model(source, vocab_size, attention)
+    if state is not None:
+        model.load_state_dict(state)
+    return model, notes
+
+
+def _on_cpu(tree: dict, memo: dict | None = None) -> dict:
+    """A state dict (nested) with its tensors on the CPU, detached; a tensor shared by two keys (tied embeddings)
+    stays one tensor."""
+    memo = {} if memo is None else memo
+    out = {}
+    for k, v in tree.items():
+        if torch.is_tensor(v):
+            out[k] = memo.setdefault(id(v), v.detach().cpu())
+        else:
+            out[k] = _on_cpu(v, memo) if isinstance(v, dict) else v
+    return out
+
+
 def _mlm_model(source: str, vocab_size: int, attention: str | None):
     """The backbone with its MLM head (a new one when the checkpoint has none) and the log lines saying so."""
     from transformers import AutoModelForMaskedLM
 
     try:
-        # transformers' load report would list the new head's tensors and the unused pooler, each epoch; the notes
-        # below say what matters (a new head; missing encoder weights are refused)
-        with quiet_loading(lambda r: not any(w in r.getMessage() for w in ("LOAD REPORT", "tied weights mapping"))):
+        with quiet_loading(_no_load_report):
             model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True,
                                                                attn_implementation=attention)
     except (OSError, ValueError) as exc:
@@ -377,12 +407,11 @@ def pretrain_epoch(spec: PretrainSpec, payload: PretrainPayload, log: Callable[[
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     dtype = pick_precision(cfg.precision, device)
-    seed_everything(s.seed)  # a new MLM head and new marker embeddings start from the same random draw
-    model, notes = _mlm_model(spec.source, spec.vocab_size, pick_attention(cfg.attn_implementation, device, dtype))
-    for note in notes if payload.state is None else []:
+    first = payload.state is None
+    model, notes = _model_at(spec.source, spec.vocab_size, pick_attention(cfg.attn_implementation, device, dtype),
+                             s.seed, None if first else payload.state["model"])
+    for note in notes if first else []:  # said once, by the first epoch
         log(note)
-    if payload.state is not None:
-        model.load_state_dict(payload.state["model"])
     model.to(device)
     # no weight decay on biases and LayerNorm weights (every 1-D tensor), as in fine-tuning (kfold.model.param_groups)
     groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": s.weight_decay},
@@ -391,16 +420,24 @@ def pretrain_epoch(spec: PretrainSpec, payload: PretrainPayload, log: Callable[[
     total = math.ceil(len(payload.feats) / s.batch_size) * s.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, round(s.warmup_ratio * total)))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    if payload.state is not None:
-        optimizer.load_state_dict(payload.state["optimizer"])
+    if not first:
+        # a copy: torch's optimizer keeps (and then updates in place) the tensors it is given on the same device,
+        # and an epoch must leave its input as it was (a retried epoch is given the same state again)
+        optimizer.load_state_dict(copy.deepcopy(payload.state["optimizer"]))
         scheduler.load_state_dict(payload.state["scheduler"])
-        scaler.load_state_dict(payload.state["scaler"])
-    loss = _epoch_steps(model, optimizer, scheduler, scaler, spec, payload, device, dtype, log)
-    cpu = lambda tree: {k: v.detach().cpu() if torch.is_tensor(v) else (cpu(v) if isinstance(v, dict) else v)  # noqa: E731
-                        for k, v in tree.items()}
-    state = {"model": cpu(model.state_dict()), "optimizer": cpu(optimizer.state_dict()),
+        # the fp16 scaler's state, when the epoch before trained in fp16 too (--precision auto may resolve to another
+        # dtype on another machine of a cluster, or after a resume elsewhere: the scaler then starts afresh)
+        if scaler.is_enabled() and payload.state["scaler"]:
+            scaler.load_state_dict(payload.state["scaler"])
+    loss = _epoch_steps(model, optimizer, scheduler, scaler, spec, payload, device, dtype, log if first else _quiet)
+    state = {"model": _on_cpu(model.state_dict()), "optimizer": _on_cpu(optimizer.state_dict()),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
-    return {"epoch": spec.epoch + 1, **loss}, state
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    return {"epoch": spec.epoch + 1, **loss, "precision": precision}, state
+
+
+def _quiet(line: str) -> None:
+    """A log for what the first epoch said already (the MLM head's use)."""
 
 
 def _epoch_steps(model, optimizer, scheduler, scaler, spec: PretrainSpec, payload: PretrainPayload, device, dtype,
@@ -479,7 +516,7 @@ def _write_folder(model, tokenizer, source: str, out: Path, identity: dict, hist
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     prefix = model.base_model_prefix
-    with quiet_loading(lambda r: "LOAD REPORT" not in r.getMessage()):  # the source's own weights, as saved
+    with quiet_loading(_no_load_report):  # the source's own weights, as saved
         base, info = AutoModel.from_pretrained(source, output_loading_info=True)
     not_in_checkpoint = set(info.get("missing_keys", []))
     original = base.state_dict()

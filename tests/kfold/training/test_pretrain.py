@@ -3,6 +3,7 @@ carried over, resuming an interrupted epoch, whole words on real vocabularies, a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -250,33 +251,41 @@ def test_the_head_on_masked_positions_only_gives_the_models_own_loss(kind, tiny_
     model.eval()
     with torch.no_grad():
         assert torch.allclose(loss(model, batch), model(**batch).loss, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as bf16 training computes it
+            assert abs(float(loss(model, batch)) - float(model(**batch).loss)) < 0.05
     model.train()
     torch.manual_seed(1)
-    loss(model, batch).backward()  # and it trains the head: gradients reach the decoder
-    assert model.get_output_embeddings().weight.grad.abs().sum() > 0
+    loss(model, batch).backward()  # and it trains the head's own layers (the decoder is tied to the embeddings)
+    own = [p.grad for n, p in loss.head.named_parameters() if "decoder" not in n and p.ndim == 2]
+    assert own and all(g is not None and g.abs().sum() > 0 for g in own)
 
 
-def test_an_unknown_head_falls_back_to_the_full_forward_and_says_so(tiny_bert, demo_dir):
+@pytest.mark.parametrize("how", ["wrong logits", "needs more inputs", "unknown architecture"])
+def test_a_head_that_fails_the_check_runs_on_every_token_and_says_so(how, tiny_bert, demo_dir, monkeypatch):
     tok = load_tokenizer(tiny_bert, [])
     feats, _ = encode(read_dataset(demo_dir / "train.tsv"), tok, "entity_marker_punct", 64)
     batch = _pretrain.mask_rows(feats, _pretrain.word_ids(feats, tok, True), np.arange(4), 0.15,
                                 np.random.default_rng(0), tok.mask_token_id, len(tok), tok.pad_token_id)
     model, _ = _pretrain._mlm_model(tiny_bert, len(tok), "eager")
-    model.cls.forward = lambda hidden, extra: hidden  # a head that needs more than the hidden states
+    if how == "unknown architecture":
+        monkeypatch.setattr(_pretrain, "_mlm_head", lambda m: None)
+    else:
+        real = model.cls.forward
+        model.cls.forward = ((lambda hidden: real(hidden) + (hidden.ndim == 2)) if how == "wrong logits"
+                             else (lambda hidden, extra: real(hidden)))
     lines = []
     loss = _pretrain.MaskedLoss(model, batch, lines.append)
     assert loss.head is None and lines == ["pretrain: BertForMaskedLM: the MLM head runs on every token (its "
                                            "masked-only use is not known for this architecture)"]
-    model.cls.forward = type(model.cls).forward.__get__(model.cls)
-    assert torch.equal(loss(model, batch), model(**batch).loss)
 
 
 class _FakeCluster:
-    """An executor of pretraining parts that computes them here and can fail one epoch: ``fail`` = (epoch, kind)
-    with kind "error", "died" or "interrupt" (Ctrl-C while waiting)."""
+    """An executor of pretraining parts that computes them here, and fails as told: ``fail`` maps an epoch (1-based)
+    to what its attempts do in turn ("error", "config", "died", "interrupt" = Ctrl-C while waiting, "lost" = the
+    runtime gone, "other" = another part's event); attempts past the list compute the epoch."""
 
     def __init__(self, fail=None, refuse_check=False):
-        self.fail, self.refuse_check = fail, refuse_check
+        self.fail, self.refuse_check = dict(fail or {}), refuse_check
         self.calls, self.queue, self.closed = [], [], False
 
     def check(self, backbones):
@@ -292,42 +301,62 @@ class _FakeCluster:
         self.queue.append((key, spec, payload))
 
     def wait(self, timeout=None):
+        from kfold.core.errors import RuntimeLost
         from kfold.training import pretrain_part
         from kfold.training._resources import Event
 
         key, spec, payload = self.queue.pop(0)
-        if self.fail and self.fail[0] == spec.epoch + 1:
-            if self.fail[1] == "interrupt":
-                raise KeyboardInterrupt
-            if self.fail[1] == "died":
-                return [Event(key, "died", message="NodeDiedError: node 10.0.0.2 stopped")]
-            return [Event(key, "error", error=RuntimeError("CUDA out of memory\nmore"))]
+        todo = self.fail.get(spec.epoch + 1, [])
+        kind = todo.pop(0) if todo else "done"
+        if kind == "interrupt":
+            raise KeyboardInterrupt
+        if kind == "lost":
+            raise RuntimeLost("the Ray runtime was lost: the cluster's head (10.0.0.1:6379) cannot be reached")
+        if kind == "other":
+            return [Event("another", "done")]
+        if kind == "died":
+            return [Event(key, "died", message="NodeDiedError: node 10.0.0.2 stopped")]
+        if kind in ("error", "config"):
+            error = RuntimeError("CUDA out of memory\nmore") if kind == "error" else ConfigError("no such marker")
+            return [Event(key, "error", error=error, traceback="Traceback (most recent call last):\n  boom")]
         return [Event(key, "done", result=pretrain_part(spec, payload, node="node-b"))]
 
     def close(self):
         self.closed = True
 
 
-@pytest.mark.parametrize("kind, line", [
-    ("error", r"^pretrain epoch 2/3 failed on the cluster \(CUDA out of memory\); epoch 1 is saved and the same command "
-              r"resumes there$"),
-    ("died", r"^pretrain epoch 2/3 was lost on the cluster \(NodeDiedError: node 10\.0\.0\.2 stopped\); epoch 1 is "
-             r"saved and the same command resumes there$"),
-    ("interrupt", None)])
-def test_a_cluster_epoch_that_fails_keeps_the_epochs_before_and_the_rerun_ends_where_one_run_does(kind, line, demo_dir,
-                                                                                                  tiny_bert, tmp_path):
+DIED = ["died"] * 4  # the first attempt and --retries 3 more
+
+
+@pytest.mark.parametrize("fail, error, line", [
+    (["error"], "TrainingError", r"^pretrain epoch 2/3 failed on the cluster \(CUDA out of memory\); epoch 1 is saved "
+                                 r"and the same command resumes there$"),
+    (["config"], "ConfigError", r"^pretrain epoch 2/3 failed on the cluster \(no such marker\); epoch 1 is saved"),
+    (DIED, "TrainingError", r"^pretrain epoch 2/3 was lost on the cluster \(NodeDiedError: node 10\.0\.0\.2 "
+                            r"stopped\); epoch 1 is saved and the same command resumes there$"),
+    (["lost"], "RuntimeLost", r"^pretrain epoch 2/3: the Ray runtime was lost: the cluster's head \(10\.0\.0\.1:6379\) "
+                              r"cannot be reached; epoch 1 is saved and the same command resumes there$"),
+    (["other"], "TrainingError", r"^pretrain epoch 2/3: the executor answered 1 event\(s\) \(another\), not this "),
+    (["interrupt"], "KeyboardInterrupt", None)])
+def test_a_cluster_epoch_that_fails_keeps_the_epochs_before_and_the_rerun_ends_where_one_run_does(fail, error, line,
+                                                                                                  demo_dir, tiny_bert,
+                                                                                                  tmp_path):
     from safetensors.torch import load_file
 
-    from kfold.core.errors import TrainingError
+    from kfold.core import errors
     from kfold.training import run_pretrain
 
     cfg, settings = _cfg(demo_dir, tiny_bert), PretrainSettings(epochs=3, lr=1e-3, batch_size=32)
     whole = pretrain(cfg, tmp_path / "whole", settings, log=lambda m: None)
-    cluster = _FakeCluster(fail=(2, kind))
-    with pytest.raises(KeyboardInterrupt if kind == "interrupt" else TrainingError, match=line):
-        run_pretrain(cfg, tmp_path / "cut", settings, log=lambda m: None, executor=cluster)
+    cluster, lines = _FakeCluster(fail={2: list(fail)}), []
+    with pytest.raises(getattr(errors, error, KeyboardInterrupt), match=line) as raised:
+        run_pretrain(cfg, tmp_path / "cut", settings, log=lines.append, executor=cluster)
+    assert type(raised.value).__name__ == error  # the part's own kind of error, not a wrapper's
     assert cluster.closed and not (tmp_path / "cut").exists()
-    assert cluster.calls == [("check", (tiny_bert,)), ("submit", 0, True), ("submit", 1, True)]
+    attempts = len(fail) if fail == DIED else 1
+    assert cluster.calls == [("check", (tiny_bert,)), ("submit", 0, True)] + [("submit", 1, True)] * attempts
+    if error in ("TrainingError", "ConfigError") and fail != DIED and fail != ["other"]:
+        assert "pretrain epoch 2/3 |   boom" in lines  # the part's traceback reaches the log
     saved = torch.load(tmp_path / "cut.pretrain-state" / "state.pt", weights_only=False)
     assert [e["epoch"] for e in saved["history"]] == [1] and saved["history"][0]["node"] == "node-b"
     lines = []
@@ -335,6 +364,21 @@ def test_a_cluster_epoch_that_fails_keeps_the_epochs_before_and_the_rerun_ends_w
     assert any("resuming after epoch 1" in x for x in lines)
     a, b = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # epochs moved between places: same
+
+
+def test_an_epoch_whose_worker_died_is_submitted_again_and_a_finished_folder_needs_no_cluster(demo_dir, tiny_bert,
+                                                                                             tmp_path):
+    from kfold.training import run_pretrain
+
+    cfg, settings = _cfg(demo_dir, tiny_bert), PretrainSettings(epochs=2, lr=1e-3, batch_size=32)
+    cluster, lines = _FakeCluster(fail={1: ["died"]}), []
+    out = run_pretrain(cfg, tmp_path / "out", settings, log=lines.append, executor=cluster)
+    assert ("pretrain epoch 1/2: its worker died (NodeDiedError: node 10.0.0.2 stopped); submitted again (attempt 2 "
+            "of 4)") in lines
+    assert [c[:2] for c in cluster.calls] == [("check", (tiny_bert,)), ("submit", 0), ("submit", 0), ("submit", 1)]
+    again = _FakeCluster()
+    assert run_pretrain(cfg, out, settings, log=lambda m: None, executor=again) == out
+    assert again.calls == [] and not again.closed  # finished: the cluster was never asked for anything
 
 
 def test_a_node_without_the_backbone_is_refused_before_any_epoch_and_the_executor_closed(demo_dir, tiny_bert, tmp_path):
@@ -345,3 +389,25 @@ def test_a_node_without_the_backbone_is_refused_before_any_epoch_and_the_executo
         run_pretrain(_cfg(demo_dir, tiny_bert), tmp_path / "out", PretrainSettings(epochs=1), log=lambda m: None,
                      executor=cluster)
     assert cluster.closed and cluster.calls == [("check", (tiny_bert,))] and not (tmp_path / "out").exists()
+
+
+def test_the_optimizer_and_schedule_an_epoch_is_given_are_the_ones_it_continues(demo_dir, tiny_bert):
+    # pretrain_epoch restores every part of the state it is given: each one changed changes the epoch's result
+    tok = load_tokenizer(tiny_bert, marker_tokens("entity_marker", []))
+    feats, _ = encode(read_dataset(demo_dir / "train.tsv"), tok, "entity_marker", 64)
+    payload = _pretrain.PretrainPayload(feats, _pretrain.word_ids(feats, tok, True))
+    spec = _pretrain.PretrainSpec(_cfg(demo_dir, tiny_bert), PretrainSettings(epochs=2, lr=1e-3, batch_size=32),
+                                  tiny_bert, 0, len(tok), tok.mask_token_id, tok.pad_token_id)
+    _, state = _pretrain.pretrain_epoch(spec, payload, lambda m: None)
+    second = dataclasses.replace(spec, epoch=1)
+
+    def after(state_given):
+        _, out = _pretrain.pretrain_epoch(second, dataclasses.replace(payload, state=state_given), lambda m: None)
+        return out["model"]["bert.encoder.layer.0.attention.self.query.weight"]
+
+    reference = after(state)
+    assert torch.equal(after(state), reference)  # deterministic
+    fresh_adam = {**state, "optimizer": {**state["optimizer"], "state": {}}}
+    restarted = {**state, "scheduler": {**state["scheduler"], "last_epoch": 0, "_step_count": 1}}
+    for changed in (fresh_adam, restarted):
+        assert not torch.equal(after(changed), reference)
