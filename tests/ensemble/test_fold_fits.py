@@ -13,9 +13,7 @@ from ensemble import METHODS, blend_fits, load_members, make_blender, select_run
 from ensemble.cli import main
 from kfold.core.errors import ConfigError
 from kfold.core.store import load_predictions
-from tests.fakes import fake_run, noisy_member
-
-NAMES = ("no_relation", "a", "b")
+from tests.fakes import noisy_member
 
 
 def _logits(n=120, labels=3, members=3, seed=0):
@@ -45,19 +43,9 @@ def test_a_stacker_fit_on_one_label_keeps_its_constant_prediction():
     assert np.array_equal(again.predict_proba(z[:, 30:]), fitted.predict_proba(z[:, 30:]))
 
 
-@pytest.fixture
-def store(tmp_path):
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 90)
-    folds = np.arange(90) % 3
-    ty = rng.integers(0, 3, 20)
-    for name, skill in (("split-x-s1", 2.0), ("split-x-s2", 1.5), ("share-x-s1", 0.5)):
-        fake_run(tmp_path, name, noisy_member(y, 3, skill, rng), y, folds, NAMES, noisy_member(ty, 3, skill, rng))
-    return tmp_path
-
-
 @pytest.mark.parametrize("method", ["weighted", "stack", "caruana"])
 def test_the_manifest_keeps_each_folds_fit_and_they_give_the_blends_honest_oof(store, method):
+    store, _ = store
     out = store / f"{method}.csv"
     assert main(["blend", "--workdir", str(store), "--method", method, "--format", "klue", "--out", str(out)]) == 0
     manifest_path = store / f"{method}.csv.manifest.json"
@@ -75,6 +63,7 @@ def test_the_manifest_keeps_each_folds_fit_and_they_give_the_blends_honest_oof(s
 
 
 def test_a_manifest_written_before_is_recomputed_and_checked_against_its_weights(store):
+    store, _ = store
     out = store / "w.csv"
     assert main(["blend", "--workdir", str(store), "--method", "weighted", "--format", "klue", "--out", str(out)]) == 0
     path = store / "w.csv.manifest.json"
@@ -93,6 +82,7 @@ def test_a_manifest_written_before_is_recomputed_and_checked_against_its_weights
 
 
 def test_other_members_or_another_fold_map_are_refused_in_one_line(store):
+    store, _ = store
     assert main(["blend", "--workdir", str(store), "--method", "soft", "--format", "klue",
                  "--out", str(store / "s.csv")]) == 0
     path = store / "s.csv.manifest.json"
