@@ -31,7 +31,7 @@ docs: venv
 # lint-imports: the layer contract in pyproject.toml (arrows only point down; only public names cross packages)
 test: venv
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: venv
 	$(VENV)/bin/lint-imports

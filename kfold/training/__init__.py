@@ -7,7 +7,8 @@ sentences (``kfold pretrain``).
 Imports the layers below (core, data, encoding, model); ``tuning``, ``kfold.auto`` and the CLI call it. Inside,
 modules are layered too (checked by an import-linter contract in pyproject.toml), top to bottom: ``_runner`` |
 ``_predict``; ``_choose`` (which executor); ``_schedule`` | ``_probe``; ``_inprocess`` | ``_ray``; ``_parts``;
-``_train`` | ``_folds`` | ``_pretrain``; ``_adversarial`` (FGM, AWP) | ``_device`` (devices, precision, seeds,
+``_train`` | ``_folds`` | ``_pretrain`` | ``_pseudo`` (which test rows a fold takes as pseudo-labelled);
+``_adversarial`` (FGM, AWP) | ``_device`` (devices, precision, seeds,
 the model a config builds); ``_resources`` (events, the executor interface, resource rules, torch- and Ray-free).
 """
 
@@ -84,6 +85,8 @@ _EXPORTS = {
     "pretrain_epoch": "._pretrain",
     "pretrain_part": "._parts",
     "run_pretrain": "._choose",
+    # _pseudo
+    "pseudo_rows": "._pseudo",
     # _probe
     "Speed": "._resources",
     "probe_speed": "._probe",
