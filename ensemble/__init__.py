@@ -40,6 +40,9 @@ _EXPORTS = {
     # _write
     "write_blend": "._write",
     "blend_fits": "._write",
+    # _teachers
+    "Teachers": "._teachers",
+    "load_teachers": "._teachers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,138 @@
+"""Pseudo-label teachers (``kfold run --pseudo-from RUN|BLEND_FILE``): their probabilities of the test rows, per
+fold from models that never saw that fold's validation rows, and for the refit from all of them. Torch-free.
+
+- A run: fold k's probabilities are its fold-k model's test logits (``test.npz``'s ``fold_logits``); the refit's
+  are its refit's test logits when it has a complete refit, else the mean of its fold models' logits.
+- A blend (its leaderboard file or ``.manifest.json``): fold k's are its method applied to the members' fold-k test
+  logits with the fit that never saw fold k (:func:`ensemble.blend_fits`); the refit's, its fit on all OOF rows
+  applied to the members' test logits as the blend predicted them (its ``test_source``).
+- Several teachers: the mean of their probabilities. They must share the test ids, label names and fold map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kfold.core.errors import ConfigError
+from kfold.core.metrics import softmax
+from kfold.core.store import REFIT, Predictions, RunDir, load_predictions
+from kfold.core.textio import read_json
+
+from ._members import load_members
+from ._write import blend_fits
+
+
+@dataclass
+class Teachers:
+    """The teachers' test probabilities: ``fold_probs[k]`` for fold k's student, ``full_probs`` for its refit."""
+
+    sources: list[str]
+    test_ids: np.ndarray
+    label_names: tuple[str, ...]
+    fold_map_hash: str
+    fold_probs: dict[int, np.ndarray] = field(default_factory=dict)
+    full_probs: np.ndarray | None = None
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the probabilities used (every fold's and the refit's, float32), the ids and label names:
+        other teachers, or the same teachers retrained, are another student."""
+        h = hashlib.sha256("\n".join(map(str, self.test_ids)).encode() + "\n".join(self.label_names).encode())
+        for k in sorted(self.fold_probs):
+            h.update(np.ascontiguousarray(self.fold_probs[k], dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(self.full_probs, dtype=np.float32).tobytes())
+        return h.hexdigest()
+
+
+def _positions(ids: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
+    """Where each of ``wanted`` is in ``ids`` (rows are joined on ids, never on order)."""
+    at = {str(i): k for k, i in enumerate(ids)}
+    missing = [str(i) for i in wanted if str(i) not in at]
+    if missing or len(ids) != len(wanted):
+        raise ConfigError(f"{what}: another test file (other test ids, e.g. {missing[:3] or list(ids[:3])})")
+    return np.array([at[str(i)] for i in wanted])
+
+
+def _test_of(run: RunDir, flag: str) -> Predictions:
+    if not run.test_path.exists():
+        raise ConfigError(f"{flag}: run '{run.name}' was trained without a test file ({run.test_path} not found), so "
+                          "it has no test predictions to label with; train it with --test")
+    pred = load_predictions(run.test_path)
+    if pred.fold_logits is None:
+        raise ConfigError(f"{run.test_path}: field 'fold_logits': missing, so its fold models' own test logits are "
+                          "not kept; train the run again with --test")
+    return pred
+
+
+def _run_teacher(workdir: Path, name: str, flag: str) -> Teachers:
+    run = RunDir(workdir / "runs" / name)
+    if not run.oof_path.exists():
+        raise ConfigError(f"{flag}: no complete run '{name}' in {workdir / 'runs'} (and no blend file of that name)")
+    test = _test_of(run, flag)
+    full = test.logits
+    if run.fold_record(REFIT) is not None:
+        refit = load_predictions(run.fold_dir(REFIT) / "test.npz")
+        if not np.array_equal(refit.ids, test.ids):
+            raise ConfigError(f"{refit.path}: field 'ids': other test ids than {test.path}")
+        full = refit.logits
+    return Teachers([name], test.ids, test.label_names, test.fold_map_hash,
+                    {k: softmax(z) for k, z in enumerate(test.fold_logits)}, softmax(full))
+
+
+def _blend_teacher(workdir: Path, path: Path, flag: str) -> Teachers:
+    manifest_path = path if path.name.endswith(".manifest.json") else path.with_name(path.name + ".manifest.json")
+    manifest = read_json(manifest_path)
+    runs = []
+    for name in manifest.get("members", []):
+        run = RunDir(workdir / "runs" / name)
+        if not run.oof_path.exists():
+            raise ConfigError(f"{manifest_path}: field 'members': member '{name}' is not a complete run in "
+                              f"{workdir / 'runs'}")
+        runs.append(run)
+    members = load_members(runs, need_test=True, test_source=manifest.get("test_source", "folds"))
+    full_fit, fold_fits = blend_fits(manifest_path, members)
+    tests = [_test_of(run, flag) for run in runs]
+    k = {len(t.fold_logits) for t in tests}
+    if k != {len(fold_fits)}:
+        raise ConfigError(f"{manifest_path}: its members keep {sorted(k)} fold models' test logits, its fold map has "
+                          f"{len(fold_fits)} folds")
+    order = [_positions(t.ids, members.test_ids, f"{flag}: member '{r.name}'") for t, r in zip(tests, runs)]
+    fold_probs = {f: fit.predict_proba(np.stack([t.fold_logits[f][o] for t, o in zip(tests, order)]))
+                  for f, fit in fold_fits.items()}
+    return Teachers([str(path)], members.test_ids, members.label_names, members.fold_map_hash, fold_probs,
+                    full_fit.predict_proba(members.test))
+
+
+def load_teachers(sources: list[str], workdir: str | Path) -> Teachers:
+    """The teachers ``sources`` name (run names in ``workdir``, or blend files), combined (the mean of their
+    probabilities). Raises ConfigError in one line for a teacher without test predictions, without a fold's test
+    logits, or from another fold map or test file than the first."""
+    workdir = Path(workdir)
+    if not sources:
+        raise ConfigError("--pseudo-from: no teacher given")
+    out: Teachers | None = None
+    for source in sources:
+        flag = f"--pseudo-from {source}"
+        path = Path(source)
+        blend = path.suffix and (path.is_file() or path.with_name(path.name + ".manifest.json").is_file())
+        t = _blend_teacher(workdir, path, flag) if blend else _run_teacher(workdir, source, flag)
+        if out is None:
+            out = t
+            continue
+        if t.fold_map_hash != out.fold_map_hash:
+            raise ConfigError(f"{flag}: fold map {t.fold_map_hash[:12]}, not {out.fold_map_hash[:12]} of "
+                              f"'{out.sources[0]}'; teachers must share the student's fold map")
+        if tuple(t.label_names) != tuple(out.label_names):
+            raise ConfigError(f"{flag}: other label names than '{out.sources[0]}'")
+        order = _positions(t.test_ids, out.test_ids, f"{flag}: than '{out.sources[0]}'")
+        if set(t.fold_probs) != set(out.fold_probs):
+            raise ConfigError(f"{flag}: folds {sorted(t.fold_probs)}, not {sorted(out.fold_probs)}")
+        n = len(out.sources)
+        out.fold_probs = {f: (p * n + t.fold_probs[f][order]) / (n + 1) for f, p in out.fold_probs.items()}
+        out.full_probs = (out.full_probs * n + t.full_probs[order]) / (n + 1)
+        out.sources.append(source)
+    return out
