@@ -26,6 +26,10 @@ from ._members import load_members
 from ._write import blend_fits
 
 
+#: Blend methods whose output is not a probability (rank averages, vote shares): refused as teachers.
+NOT_PROBABILITIES = {"rank": "normalised mean ranks", "hard": "vote shares"}
+
+
 @dataclass
 class Teachers:
     """The teachers' test probabilities: ``fold_probs[k]`` for fold k's student, ``full_probs`` for its refit."""
@@ -76,9 +80,9 @@ def _run_teacher(workdir: Path, name: str, flag: str) -> Teachers:
     full = test.logits
     if run.fold_record(REFIT) is not None:
         refit = load_predictions(run.fold_dir(REFIT) / "test.npz")
-        if not np.array_equal(refit.ids, test.ids):
-            raise ConfigError(f"{refit.path}: field 'ids': other test ids than {test.path}")
-        full = refit.logits
+        if tuple(refit.label_names) != tuple(test.label_names):
+            raise ConfigError(f"{refit.path}: field 'label_names': other label names than {test.path}")
+        full = refit.logits[_positions(refit.ids, test.ids, f"{refit.path}: field 'ids'")]
     return Teachers([name], test.ids, test.label_names, test.fold_map_hash,
                     {k: softmax(z) for k, z in enumerate(test.fold_logits)}, softmax(full))
 
@@ -86,6 +90,16 @@ def _run_teacher(workdir: Path, name: str, flag: str) -> Teachers:
 def _blend_teacher(workdir: Path, path: Path, flag: str) -> Teachers:
     manifest_path = path if path.name.endswith(".manifest.json") else path.with_name(path.name + ".manifest.json")
     manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or not manifest.get("members"):
+        raise ConfigError(f"{manifest_path}: field 'members': missing or empty; expected the manifest `ensemble blend` "
+                          "writes")
+    if manifest.get("method") in NOT_PROBABILITIES:
+        raise ConfigError(f"{manifest_path}: field 'method': {manifest['method']} blends give "
+                          f"{NOT_PROBABILITIES[manifest['method']]}, not probabilities, so they cannot label rows by "
+                          "confidence; teach with a soft, weighted, caruana or stack blend")
+    if manifest.get("test_name", "test.npz") != "test.npz":
+        raise ConfigError(f"{manifest_path}: field 'test_name': the blend predicts {manifest['test_name']}, not the "
+                          "test file its members trained with (test.npz), whose fold models' logits a teacher needs")
     runs = []
     for name in manifest.get("members", []):
         run = RunDir(workdir / "runs" / name)
@@ -109,8 +123,10 @@ def _blend_teacher(workdir: Path, path: Path, flag: str) -> Teachers:
 
 def load_teachers(sources: list[str], workdir: str | Path) -> Teachers:
     """The teachers ``sources`` name (run names in ``workdir``, or blend files), combined (the mean of their
-    probabilities). Raises ConfigError in one line for a teacher without test predictions, without a fold's test
-    logits, or from another fold map or test file than the first."""
+    probabilities). Raises ConfigError in one line for a teacher without test predictions or without its fold
+    models' test logits, a blend of rank or vote method or of another test file, teachers of different fold maps,
+    label names or test files; StoreError for a store file that cannot be read. (Whether the teachers' fold map and
+    test file are the student's is checked where the student is set up.)"""
     workdir = Path(workdir)
     if not sources:
         raise ConfigError("--pseudo-from: no teacher given")
@@ -129,8 +145,6 @@ def load_teachers(sources: list[str], workdir: str | Path) -> Teachers:
         if tuple(t.label_names) != tuple(out.label_names):
             raise ConfigError(f"{flag}: other label names than '{out.sources[0]}'")
         order = _positions(t.test_ids, out.test_ids, f"{flag}: than '{out.sources[0]}'")
-        if set(t.fold_probs) != set(out.fold_probs):
-            raise ConfigError(f"{flag}: folds {sorted(t.fold_probs)}, not {sorted(out.fold_probs)}")
         n = len(out.sources)
         out.fold_probs = {f: (p * n + t.fold_probs[f][order]) / (n + 1) for f, p in out.fold_probs.items()}
         out.full_probs = (out.full_probs * n + t.full_probs[order]) / (n + 1)

@@ -96,7 +96,7 @@ def _cmd_blend(args) -> int:
         _log(line)
     out = Path(args.out) if args.out else Path(args.workdir) / "submissions" / f"{result.method}-{len(members.names)}members.csv"
     path, _ = write_blend(members, result, args.format, out, metric=args.metric, test_source=source,
-                          no_relation=args.no_relation, force=args.force,
+                          no_relation=args.no_relation, force=args.force, test_name=args.test_name,
                           command=" ".join(shlex.quote(a) for a in ["ensemble"] + sys.argv[1:]))
     _log(f"wrote {path} ({len(members.test_ids)} rows, format {args.format}, method {result.method}) and "
          f"{path.name}.manifest.json")

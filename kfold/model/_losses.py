@@ -54,6 +54,8 @@ class RelationLoss(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = self.weight.to(logits.device) if self.weight is not None else None
+        if labels.is_floating_point():  # soft targets in the logits' dtype (a teacher's float64 included)
+            labels = labels.to(logits.dtype)
         per_example = F.cross_entropy(logits, labels, weight=weight, label_smoothing=self.label_smoothing, reduction="none")
         if self.kind == "focal":
             probs = torch.softmax(logits, dim=-1)

@@ -11,11 +11,12 @@ import numpy as np
 from kfold.core.errors import ConfigError
 
 
-def pseudo_rows(probs: np.ndarray, threshold: float, cap: int) -> np.ndarray:
+def pseudo_rows(probs: np.ndarray, threshold: float, cap: float) -> np.ndarray:
     """The test rows a fold takes: those whose teacher's top probability is at least ``threshold``, at most ``cap``
-    of them (``--pseudo-max-share`` times the fold's real training rows). When more pass the threshold, each
-    predicted label keeps its share of them (largest remainders, ties to the label with more rows, then the lower
-    index) and takes its most confident rows first (ties: the lower row). Returns the chosen rows' indices, sorted.
+    of them (``--pseudo-max-share`` times the fold's real training rows, rounded down). When more pass the
+    threshold, each label keeps its share of the rows that passed, by the teacher's predicted label (largest
+    remainders, ties to the label with more rows, then the lower index), and takes its most confident rows first
+    (ties: the lower row). Returns the chosen rows' indices, sorted.
 
     >>> p = np.array([[.95, .05], [.9, .1], [.2, .8], [.03, .97], [.6, .4]])
     >>> pseudo_rows(p, 0.8, 10).tolist(), pseudo_rows(p, 0.8, 2).tolist()
@@ -26,6 +27,7 @@ def pseudo_rows(probs: np.ndarray, threshold: float, cap: int) -> np.ndarray:
         raise ConfigError(f"teacher probabilities of shape {probs.shape}: expected finite [rows, labels]")
     if not 0.0 < threshold <= 1.0 or cap < 0:
         raise ConfigError(f"pseudo threshold {threshold}, cap {cap}: expected 0 < threshold <= 1 and cap >= 0")
+    cap = int(np.floor(cap))
     top, label = probs.max(1), probs.argmax(1)
     passed = np.flatnonzero(top >= threshold)
     if len(passed) <= cap:

@@ -92,3 +92,37 @@ def test_other_members_or_another_fold_map_are_refused_in_one_line(store):
     path.write_text(json.dumps({**manifest, "fold_map_hash": "e" * 64}))
     with pytest.raises(ConfigError, match=r"field 'fold_map_hash': the blend was fit over fold map eeeeeeeeeeee"):
         blend_fits(path, load_members(select_runs(store, "all")))
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_a_member_retrained_under_its_name_is_refused_even_where_weights_are_uniform(store, old):
+    from kfold.core.store import RunDir, load_predictions, save_predictions
+
+    workdir, _ = store
+    assert main(["blend", "--workdir", str(workdir), "--method", "soft", "--format", "klue",
+                 "--out", str(workdir / "s.csv")]) == 0
+    path = workdir / "s.csv.manifest.json"
+    if old:  # a manifest from before the members' digest and the fits were kept
+        manifest = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in manifest.items()
+                                    if k not in ("members_sha256", "fold_params", "fitted_params")}))
+    run = RunDir(workdir / "runs" / "split-x-s2")
+    oof = load_predictions(run.oof_path)
+    oof.logits = oof.logits[:, ::-1].copy()  # retrained: other predictions, same name, same fold map
+    save_predictions(run.oof_path, oof)
+    field = "member_oof_scores" if old else "members_sha256"
+    with pytest.raises(ConfigError, match=rf"field '{field}': a member's predictions changed since the blend was made"):
+        blend_fits(path, load_members(select_runs(workdir, "all")))
+
+
+@pytest.mark.parametrize("change, field", [({"members": []}, "members"), ({"params": None}, "params"),
+                                           ({"fold_params": {"0": {"n_members": 3}}}, "fold_params"),
+                                           ({"method": "median"}, "method")])
+def test_a_manifest_that_lacks_what_is_needed_is_refused_in_one_line(store, change, field):
+    workdir, _ = store
+    assert main(["blend", "--workdir", str(workdir), "--method", "weighted", "--format", "klue",
+                 "--out", str(workdir / "w.csv")]) == 0
+    path = workdir / "w.csv.manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ConfigError, match=rf"w\.csv\.manifest\.json: field '{field}': "):
+        blend_fits(path, load_members(select_runs(workdir, "all")))

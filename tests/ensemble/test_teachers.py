@@ -88,3 +88,21 @@ def test_teachers_that_cannot_teach_are_refused_in_one_line(teachers, tmp_path):
     _teacher_run(workdir, "other-test", rng, y, ty, test_ids=[f"u{i}" for i in range(20)])
     with pytest.raises(ConfigError, match=r"^--pseudo-from other-test: than 'split-a': another test file"):
         load_teachers(["split-a", "other-test"], workdir)
+
+
+def test_a_blend_of_refits_teaches_the_refit_with_its_full_fit_and_rank_or_vote_blends_are_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    y, ty = rng.integers(0, 3, 90), rng.integers(0, 3, 20)
+    _teacher_run(tmp_path, "split-a", rng, y, ty, refit=True)
+    _teacher_run(tmp_path, "split-b", rng, y, ty, refit=True)
+    out = tmp_path / "s.csv"
+    assert main(["blend", "--workdir", str(tmp_path), "--method", "soft", "--format", "klue", "--out", str(out),
+                 "--test-source", "refit"]) == 0
+    t = load_teachers([str(out)], tmp_path)
+    members = load_members(select_runs(tmp_path, "all"), test_source="refit")
+    np.testing.assert_allclose(t.full_probs, np.mean([softmax(z) for z in members.test], 0), rtol=1e-6)  # soft: the mean
+    for method, what in (("rank", "normalised mean ranks"), ("hard", "vote shares")):
+        out = tmp_path / f"{method}.csv"
+        assert main(["blend", "--workdir", str(tmp_path), "--method", method, "--format", "klue", "--out", str(out)]) == 0
+        with pytest.raises(ConfigError, match=rf"field 'method': {method} blends give {what}, not probabilities"):
+            load_teachers([str(out)], tmp_path)

@@ -252,3 +252,8 @@ def test_source_table_rows_are_variants_or_flags():
     assert get_variant("split_gelu").activation == "gelu" and not get_variant("split").share
     cfg = Config(label_smoothing=0.05, marker="typed_entity_marker_punct", batch_size=8, max_len=250)
     assert (cfg.label_smoothing, cfg.batch_size, cfg.max_len) == (0.05, 8, 250)
+
+
+def test_soft_targets_of_another_float_type_are_taken_in_the_logits_type():
+    logits, q = torch.randn(3, 4), torch.softmax(torch.randn(3, 4, dtype=torch.float64), 1)
+    torch.testing.assert_close(RelationLoss("ce")(logits, q), RelationLoss("ce")(logits, q.float()))

@@ -47,3 +47,11 @@ def test_nothing_above_the_threshold_or_a_zero_cap_takes_nothing_and_bad_input_i
         pseudo_rows(p, 0.0, 3)
     with pytest.raises(ConfigError, match="expected finite"):
         pseudo_rows(np.array([[np.nan, 1.0]]), 0.5, 3)
+
+
+def test_ties_go_to_the_label_with_more_rows_then_the_lower_one_and_to_the_lower_row():
+    p = np.array([[.95, .05, 0], [.95, .05, 0], [.05, .95, 0], [0, .05, .95], [0, .05, .95], [0, .05, .95]])
+    # shares 2/6, 1/6, 3/6 of a cap of 3: 1, 0.5, 1.5 -> floors 1, 0, 1; the one left: remainders tie (0.5, 0.5),
+    # the label with more rows (label 2) takes it; within a label, equal confidence: the lower rows
+    assert pseudo_rows(p, 0.9, 3).tolist() == [0, 3, 4]
+    assert pseudo_rows(p, 0.9, 3.9).tolist() == [0, 3, 4]  # a cap from a share, rounded down
