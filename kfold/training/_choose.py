@@ -215,9 +215,10 @@ def run_pretrain(cfg: Config, out: str | Path, settings: PretrainSettings = Pret
     node dies past the retries, RuntimeLost naming it when the runtime itself is gone (the epochs before it are
     kept in both cases), ConfigError when a node lacks the backbone or Ray is missing.
     """
-    where, note = resolve_cluster(cfg)
     if cfg.cluster == "auto" and not os.environ.get("RAY_ADDRESS"):
-        where = "none"  # several GPUs or a probe would place several parts; a pretraining is one
+        where, note = "none", ""  # several GPUs or a probe would place several parts; a pretraining is one
+    else:
+        where, note = resolve_cluster(cfg)
     if executor is None and where == "none":
         return pretrain(cfg, out, settings, use_test=use_test, log=log)
     if note and where != "none":
