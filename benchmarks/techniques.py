@@ -16,7 +16,9 @@ against the first (the baseline) it reports, on each ``--metrics`` metric:
 
 ``--pretrain NAME=FLAGS`` (repeatable) first runs ``kfold pretrain --data DATA --out WORKDIR/NAME FLAGS``; an arm's
 flags name the folder as ``{NAME}`` (``tapt=--backbones {tapt}``), and its row gets the pretraining's minutes, MLM
-loss per epoch and whether test text was used, from the folder's record.
+loss per epoch and whether test text was used, from the folder's record. A pseudo-labelled arm's row
+(``--pseudo-from``) gets its teachers, mode and rows added per part with their labels' accuracy on the test file's
+own labels, from the run's config.json.
 
     python benchmarks/techniques.py --data ../shared/data/semeval2010_task8/train.tsv \\
         --test ../shared/data/semeval2010_task8/test.tsv --workdir /tmp/tech/semeval \\
@@ -94,6 +96,18 @@ def pretrain_figures(flags: str, folders: dict[str, Path]) -> dict:
     return {}
 
 
+def pseudo_figures(run: Path) -> dict:
+    """A pseudo-labelled arm's teachers, mode and rows added per part, with their labels' accuracy on the test
+    file's own labels (from the run's config.json), or nothing."""
+    record = json.loads((run / "config.json").read_text()).get("pseudo")
+    if not record:
+        return {}
+    return {"pseudo": {"teachers": record["teachers"], "folds": record["folds"], "targets": record["targets"],
+                       "threshold": record["threshold"], "max_share": record["max_share"],
+                       "parts": {part: {k: p[k] for k in ("rows", "real_rows", "accuracy_on_test_labels") if k in p}
+                                 for part, p in record["parts"].items()}}}
+
+
 def compare(workdir: Path, flags: dict[str, str], metrics: list[str], test: str,
             folders: dict[str, Path] | None = None) -> list[dict]:
     """One row per arm: its scores, and its paired differences against the first arm."""
@@ -113,7 +127,7 @@ def compare(workdir: Path, flags: dict[str, str], metrics: list[str], test: str,
             raise SystemExit(f"{runs[arm].root}: other rows or another fold map than {runs[base].root}")
         row = {"arm": arm, "run": runs[arm].name, "flags": flags[arm], "labels": len(names),
                "directed": has_directions(names), "rows": len(oof[arm].ids), **arm_figures(runs[arm].root),
-               **pretrain_figures(flags[arm], folders or {})}
+               **pretrain_figures(flags[arm], folders or {}), **pseudo_figures(runs[arm].root)}
         for metric in metrics:
             fn = metric_fn(metric, names)
             a, b = softmax(oof[arm].logits), softmax(oof[base].logits)

@@ -11,8 +11,6 @@ fold from models that never saw that fold's validation rows, and for the refit f
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 from kfold.core.errors import ConfigError
 from kfold.core.metrics import softmax
 from kfold.core.store import REFIT, Predictions, RunDir, load_predictions
+from kfold.core.teachers import Teachers, positions
 from kfold.core.textio import read_json
 
 from ._members import load_members
@@ -28,37 +27,6 @@ from ._write import blend_fits
 
 #: Blend methods whose output is not a probability (rank averages, vote shares): refused as teachers.
 NOT_PROBABILITIES = {"rank": "normalised mean ranks", "hard": "vote shares"}
-
-
-@dataclass
-class Teachers:
-    """The teachers' test probabilities: ``fold_probs[k]`` for fold k's student, ``full_probs`` for its refit."""
-
-    sources: list[str]
-    test_ids: np.ndarray
-    label_names: tuple[str, ...]
-    fold_map_hash: str
-    fold_probs: dict[int, np.ndarray] = field(default_factory=dict)
-    full_probs: np.ndarray | None = None
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of the probabilities used (every fold's and the refit's, float32), the ids and label names:
-        other teachers, or the same teachers retrained, are another student."""
-        h = hashlib.sha256("\n".join(map(str, self.test_ids)).encode() + "\n".join(self.label_names).encode())
-        for k in sorted(self.fold_probs):
-            h.update(np.ascontiguousarray(self.fold_probs[k], dtype=np.float32).tobytes())
-        h.update(np.ascontiguousarray(self.full_probs, dtype=np.float32).tobytes())
-        return h.hexdigest()
-
-
-def _positions(ids: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
-    """Where each of ``wanted`` is in ``ids`` (rows are joined on ids, never on order)."""
-    at = {str(i): k for k, i in enumerate(ids)}
-    missing = [str(i) for i in wanted if str(i) not in at]
-    if missing or len(ids) != len(wanted):
-        raise ConfigError(f"{what}: another test file (other test ids, e.g. {missing[:3] or list(ids[:3])})")
-    return np.array([at[str(i)] for i in wanted])
 
 
 def _test_of(run: RunDir, flag: str) -> Predictions:
@@ -82,7 +50,7 @@ def _run_teacher(workdir: Path, name: str, flag: str) -> Teachers:
         refit = load_predictions(run.fold_dir(REFIT) / "test.npz")
         if tuple(refit.label_names) != tuple(test.label_names):
             raise ConfigError(f"{refit.path}: field 'label_names': other label names than {test.path}")
-        full = refit.logits[_positions(refit.ids, test.ids, f"{refit.path}: field 'ids'")]
+        full = refit.logits[positions(refit.ids, test.ids, f"{refit.path}: field 'ids'")]
     return Teachers([name], test.ids, test.label_names, test.fold_map_hash,
                     {k: softmax(z) for k, z in enumerate(test.fold_logits)}, softmax(full))
 
@@ -114,7 +82,7 @@ def _blend_teacher(workdir: Path, path: Path, flag: str) -> Teachers:
     if k != {len(fold_fits)}:
         raise ConfigError(f"{manifest_path}: its members keep {sorted(k)} fold models' test logits, its fold map has "
                           f"{len(fold_fits)} folds")
-    order = [_positions(t.ids, members.test_ids, f"{flag}: member '{r.name}'") for t, r in zip(tests, runs)]
+    order = [positions(t.ids, members.test_ids, f"{flag}: member '{r.name}'") for t, r in zip(tests, runs)]
     fold_probs = {f: fit.predict_proba(np.stack([t.fold_logits[f][o] for t, o in zip(tests, order)]))
                   for f, fit in fold_fits.items()}
     return Teachers([str(path)], members.test_ids, members.label_names, members.fold_map_hash, fold_probs,
@@ -144,7 +112,7 @@ def load_teachers(sources: list[str], workdir: str | Path) -> Teachers:
                               f"'{out.sources[0]}'; teachers must share the student's fold map")
         if tuple(t.label_names) != tuple(out.label_names):
             raise ConfigError(f"{flag}: other label names than '{out.sources[0]}'")
-        order = _positions(t.test_ids, out.test_ids, f"{flag}: than '{out.sources[0]}'")
+        order = positions(t.test_ids, out.test_ids, f"{flag}: than '{out.sources[0]}'")
         n = len(out.sources)
         out.fold_probs = {f: (p * n + t.fold_probs[f][order]) / (n + 1) for f, p in out.fold_probs.items()}
         out.full_probs = (out.full_probs * n + t.full_probs[order]) / (n + 1)

@@ -173,7 +173,9 @@ def _cmd_run(args) -> int:
     # every run's parts in one queue: with --cluster, every slot stays busy across run boundaries
     cfgs = [base.replace(variant=variant, backbone=backbone, seed=seed)
             for backbone in backbones for variant in variants for seed in seeds]
-    results = list(zip(cfgs, run_many(cfgs, args.workdir, folds=folds, tag=args.tag, log=_log)))
+    from ensemble import load_teachers
+
+    results = list(zip(cfgs, run_many(cfgs, args.workdir, folds=folds, tag=args.tag, log=_log, teachers=load_teachers)))
     from kfold.core.metrics import format_scores
 
     _log("")

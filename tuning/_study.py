@@ -160,7 +160,8 @@ def _identity(config: dict) -> dict:
     test file and data repairs must be the same)."""
     from kfold.training import PLACEMENT_KEYS
 
-    return {k: v for k, v in config.items() if k not in PLACEMENT_KEYS}
+    # lists, as the study's storage gives them back (JSON), compare equal to the config's tuples
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in PLACEMENT_KEYS}
 
 
 def _check_or_store_settings(study, settings: StudySettings, base: Config, space: dict | None) -> None:
@@ -172,6 +173,7 @@ def _check_or_store_settings(study, settings: StudySettings, base: Config, space
         return
     stored, now = _identity(attrs["base_config"]), _identity(base.to_dict())
     defaults = Config().to_dict()
+    defaults = _identity(defaults)
     changed = sorted(k for k, v in now.items() if stored.get(k, defaults[k]) != v)
     if changed or attrs.get("space") != space or attrs.get("metric") != settings.metric:
         raise ConfigError(f"study '{settings.study}' was started with other settings "
@@ -405,13 +407,14 @@ def _kfold_trial(settings: StudySettings, make_executor: Callable, trackers=None
     number (the tag's ``-t<n>``)."""
 
     def run(cfg: Config, tag: str, on_fold) -> float:
+        from ensemble import load_teachers
         from kfold.training import run_kfold
 
         executor = make_executor()
         tags = {"optuna.study": settings.study, "optuna.trial": tag.rsplit("-t", 1)[-1]}
         try:
             out = run_kfold(cfg, settings.workdir, tag=tag, on_fold=on_fold, log=lambda m: None, executor=executor,
-                            trackers=trackers, tracker_tags=tags)
+                            trackers=trackers, tracker_tags=tags, teachers=load_teachers)
         finally:
             executor.close()
         if not out.complete:

@@ -182,6 +182,9 @@ def _auto(settings: AutoSettings, clock, train, probe, log, executor, trackers, 
 
     workdir = Path(settings.workdir)
     base = settings.base
+    if base.pseudo_from:  # refused before the data is read
+        raise ConfigError("kfold auto does not plan pseudo-label students yet (pseudo_from); train them with "
+                          "kfold run --pseudo-from RUN|BLEND_FILE")
     data = load_data(base, workdir, log)
     said = set(data.lines)
     log = _once(log, said)  # each run reads the files again: what was said about them is said once per command

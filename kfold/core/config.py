@@ -42,6 +42,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cls_vector": ("auto", "first", "mean"),
     "tta": ("none", "swap"),
     "adversarial": ("none", "fgm", "awp"),
+    "pseudo_targets": ("soft", "hard"),
+    "pseudo_folds": ("honest", "naive"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "attn_implementation": ("auto", "eager", "sdpa"),
     "metric": METRICS,
@@ -130,6 +132,21 @@ class Config:
     adv_eps: float = -1.0
     adv_lr: float = 1.0
     adv_start_epoch: int = 0
+    # pseudo-labels (kfold.training._pseudo): test rows labelled by teachers (runs or blend files of this workdir;
+    # several: the mean of their probabilities) join the training part of every fold and of the refit, never a
+    # validation part. Fold k's rows come from the teachers' models that never saw fold k's validation rows
+    # (pseudo_folds "honest"); "naive" gives every fold the teachers' full-data predictions, which leak those rows'
+    # labels into the OOF estimate (kept to measure that leak). Rows whose top probability is at least
+    # pseudo_threshold, at most pseudo_max_share x the part's real training rows (the most confident first, each
+    # label keeping its share), as the teachers' probabilities ("soft") or their top label ("hard"), each row's
+    # loss weighted by pseudo_weight (real rows 1). pseudo_from is a runtime key: the teachers' probabilities'
+    # digest names the run (pseudo=<digest>) and is checked on resume.
+    pseudo_from: tuple = ()
+    pseudo_threshold: float = 0.9
+    pseudo_max_share: float = 0.5
+    pseudo_weight: float = 1.0
+    pseudo_targets: str = "soft"
+    pseudo_folds: str = "honest"
     # entity swap (labels with directions, e.g. SemEval): extra training rows / a second prediction
     augment: str = "none"
     tta: str = "none"
@@ -166,6 +183,11 @@ class Config:
     wandb_project: str = "rekfold"
 
     def __post_init__(self) -> None:
+        # a list from a config file or a run's config.json: kept as a tuple (the config is frozen and hashable)
+        sources = (self.pseudo_from,) if isinstance(self.pseudo_from, str) else tuple(self.pseudo_from)
+        if not all(isinstance(s, str) and s.strip() for s in sources):
+            raise ConfigError(f"pseudo_from = {self.pseudo_from!r}: expected run names or blend files (strings)")
+        object.__setattr__(self, "pseudo_from", sources)
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in CHOICES and value not in CHOICES[f.name]:
@@ -195,6 +217,10 @@ class Config:
         if not self.adv_lr > 0 or self.adv_start_epoch < 0:
             raise ConfigError(f"adv_lr = {self.adv_lr}, adv_start_epoch = {self.adv_start_epoch}: expected adv_lr > 0 "
                               "and a 1-based epoch (0 = the method's default)")
+        if not 0.0 < self.pseudo_threshold <= 1.0 or not self.pseudo_max_share > 0 or not self.pseudo_weight > 0:
+            raise ConfigError(f"pseudo_threshold = {self.pseudo_threshold}, pseudo_max_share = {self.pseudo_max_share}, "
+                              f"pseudo_weight = {self.pseudo_weight}: expected 0 < threshold <= 1, a share > 0 and a "
+                              "weight > 0")
         if self.rdrop < 0:
             raise ConfigError(f"rdrop = {self.rdrop}: expected 0 (off) or a positive weight, e.g. 1.0")
         if not 0.0 < self.layer_lr_decay <= 1.0:
@@ -222,14 +248,15 @@ class Config:
 
     def step_cost(self) -> float:
         """Forward-backward passes per training row and epoch, against a plain step's 1: entity-swap augmentation
-        and R-Drop double them, an adversarial pass adds one over the epochs it runs in (the planner's and the
-        executor choice's cost model).
+        and R-Drop double them, an adversarial pass adds one over the epochs it runs in, pseudo-labels add at most
+        ``pseudo_max_share`` rows per real row (the planner's and the executor choice's cost model).
 
         >>> Config(epochs=4, adversarial="fgm", adv_start_epoch=3).step_cost()
         1.5
         """
         adv = max(0, self.epochs - self.adversarial_from() + 1) / self.epochs if self.adversarial != "none" else 0.0
-        return (2 if self.augment == "swap" else 1) * (2 if self.rdrop else 1) * (1 + adv)
+        pseudo = 1 + self.pseudo_max_share if self.pseudo_from else 1
+        return (2 if self.augment == "swap" else 1) * (2 if self.rdrop else 1) * (1 + adv) * pseudo
 
     def adversarial_from(self) -> int:
         """The first epoch (1-based) with adversarial passes: ``adv_start_epoch``, or the method's default (fgm 1,
@@ -267,6 +294,11 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key not in _FIELDS:
         raise unknown_name(f"config key (in {source})", key, _FIELDS)
     kind = type(Config.__dataclass_fields__[key].default)
+    if kind is tuple:  # a list of strings (a config file's list, repeated flags); one string is a list of one
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{source}: key '{key}': found {value!r}, expected a list of strings")
+        return tuple(items)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
@@ -368,6 +400,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         shown = f"{text} (default: {f.default!r})".replace("%", "%%")  # argparse %-formats help texts
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=shown)
+        elif kind is tuple:  # repeated: --pseudo-from a --pseudo-from b (names may hold commas)
+            group.add_argument(flag, dest=f.name, action="append", default=None, metavar="NAME", help=shown)
         else:
             choices = [c for c in CHOICES.get(f.name, ()) if c] or None
             group.add_argument(flag, dest=f.name, type=kind, choices=choices, default=None,

@@ -51,8 +51,10 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(feats: Features, idx: np.ndarray, pad_id: int, y: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-    """Pad the rows ``idx`` to their longest length (dynamic padding)."""
+def collate(feats: Features, idx: np.ndarray, pad_id: int, y: np.ndarray | None = None,
+            weights: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """Pad the rows ``idx`` to their longest length (dynamic padding). ``y``: label indices [N] (int64), or soft
+    targets [N, C] (float32); ``weights``: each row's loss weight (pseudo-labelled rows)."""
     rows = [feats.row(i) for i in idx]
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
@@ -63,7 +65,9 @@ def collate(feats: Features, idx: np.ndarray, pad_id: int, y: np.ndarray | None 
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
              "ent": torch.from_numpy(feats.ent[idx].astype(np.int64))}
     if y is not None:
-        batch["labels"] = torch.from_numpy(y[idx].astype(np.int64))
+        batch["labels"] = torch.from_numpy(y[idx].astype(np.float32 if y.ndim == 2 else np.int64))
+    if weights is not None:
+        batch["weights"] = torch.from_numpy(weights[idx].astype(np.float32))
     return batch
 
 

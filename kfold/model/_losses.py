@@ -12,14 +12,23 @@ LOSSES = ("ce", "focal")
 CLASS_WEIGHTS = ("none", "balanced")
 
 
-def class_weight_vector(y: np.ndarray, num_labels: int, mode: str) -> torch.Tensor | None:
-    """``balanced``: n / (C * count_c), computed on the fold's training part; ``none``: None."""
+def class_weight_vector(y: np.ndarray, num_labels: int, mode: str,
+                        row_weights: np.ndarray | None = None) -> torch.Tensor | None:
+    """``balanced``: n / (C * count_c), computed on the fold's training part; ``none``: None. ``y``: label indices,
+    or soft targets [N, C], which count as their probabilities (a one-hot row as its label); ``row_weights``: each
+    row counts this much (pseudo-labelled rows: ``--pseudo-weight``), n being their sum.
+
+    >>> class_weight_vector(np.array([0, 0, 1]), 2, "balanced").tolist()
+    [0.75, 1.5]
+    """
     if mode not in CLASS_WEIGHTS:
         raise unknown_name("class_weights", mode, CLASS_WEIGHTS)
     if mode == "none":
         return None
-    counts = np.bincount(y, minlength=num_labels).astype(np.float64)
-    weights = len(y) / (num_labels * np.maximum(counts, 1.0))
+    targets = y.astype(np.float64) if y.ndim == 2 else np.eye(num_labels)[y]
+    w = np.ones(len(y)) if row_weights is None else row_weights.astype(np.float64)
+    counts = (targets * w[:, None]).sum(0)
+    weights = w.sum() / (num_labels * np.maximum(counts, 1.0))
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -34,6 +43,8 @@ class RelationLoss(torch.nn.Module):
     pseudo-labelled rows). A soft target q is the one-hot vector's generalisation, and a one-hot q gives exactly the
     index's loss: smoothing mixes it as (1 - e) q + e / C, class weights give -sum_c w_c q_c log p_c (PyTorch's
     rule for probability targets), and focal's p_t is the expected probability of the target, sum_c q_c p_c.
+    ``weights`` [B]: each row's loss is multiplied by its weight before the mean over the batch's rows (so the mean
+    of micro-batches weighted by their share of rows stays the batch's).
 
     Example
     -------
@@ -52,7 +63,7 @@ class RelationLoss(torch.nn.Module):
         self.gamma = float(gamma)
         self.register_buffer("weight", weight if weight is not None else None, persistent=False)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.weight.to(logits.device) if self.weight is not None else None
         if labels.is_floating_point():  # soft targets in the logits' dtype (a teacher's float64 included)
             labels = labels.to(logits.dtype)
@@ -61,6 +72,8 @@ class RelationLoss(torch.nn.Module):
             probs = torch.softmax(logits, dim=-1)
             p_true = (probs * labels).sum(1) if labels.is_floating_point() else probs.gather(1, labels[:, None]).squeeze(1)
             per_example = (1.0 - p_true).clamp(min=0).pow(self.gamma) * per_example
+        if weights is not None:
+            per_example = per_example * weights.to(per_example.dtype)
         return per_example.mean()
 
 

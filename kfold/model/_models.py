@@ -200,7 +200,7 @@ class RelationModel(nn.Module):
         """Parameters that are new (not from the checkpoint)."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
-    def forward(self, input_ids, attention_mask, ent, labels=None) -> dict:
+    def forward(self, input_ids, attention_mask, ent, labels=None, weights=None) -> dict:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state
         v = self.variant
@@ -224,5 +224,5 @@ class RelationModel(nn.Module):
         logits = self.classifier(combine_vectors(v.combine, cls, e1, e2))
         result = {"logits": logits}
         if labels is not None and self.loss_fn is not None:
-            result["loss"] = self.loss_fn(logits.float(), labels)
+            result["loss"] = self.loss_fn(logits.float(), labels, weights)
         return result

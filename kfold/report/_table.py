@@ -45,6 +45,7 @@ class RunRow:
     fold_minutes: float | None = None
     trained_on: str = "-"  # where the folds trained (devices, nodes, retries), from the completion records
     extra: dict = field(default_factory=dict)
+    pseudo: str = ""  # trained with pseudo-labelled test rows (kfold run --pseudo-from): "honest" or "naive"
 
 
 def seed_group(run_name: str) -> str:
@@ -143,7 +144,7 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
         minutes, where = _fold_minutes(run)
         row = RunRow(run.name, oof.fold_map_hash, len(ids), scores, ci, float(np.mean(per_fold)),
                      float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0, seed_group=seed_group(run.name),
-                     fold_minutes=minutes, trained_on=where, extra=extra)
+                     fold_minutes=minutes, trained_on=where, extra=extra, pseudo=_pseudo_mode(run))
         return row, dist_of_metric
 
     # runs scored side by side: only numpy's larger sorts, gathers and sums release the GIL, so on 2 cores this
@@ -169,6 +170,12 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
     return rows
 
 
+def _pseudo_mode(run: RunDir) -> str:
+    """``honest`` or ``naive`` for a run trained with pseudo-labels (its config.json's record), else ``""``."""
+    record = run.read_config().get("pseudo") if run.config_path.exists() else None
+    return str(record.get("folds", "honest")) if isinstance(record, dict) else ""
+
+
 def _fold_minutes(run: RunDir) -> tuple[float | None, str]:
     """Mean wall minutes per fold, and where the folds trained (``cpu``, ``gpu 0, gpu 1 on 2 nodes, 1 retried``),
     from the completion records the summary holds."""
@@ -186,7 +193,7 @@ def _fold_minutes(run: RunDir) -> tuple[float | None, str]:
 
 
 def _cells(r: RunRow, metrics: list[str], metric: str) -> list[str]:
-    out = [r.run]
+    out = [r.run + (f" (pseudo, {r.pseudo})" if r.pseudo else "")]
     for m in metrics:
         lo, hi = r.ci[m]
         out.append(f"{r.scores[m]:.2f} [{lo:.2f}, {hi:.2f}]")
@@ -212,6 +219,12 @@ def table_notes(rows: list[RunRow]) -> list[str]:
            + ("." if present == total else "; the official KLUE code averages over all labels, where a label without "
               "rows has no precision-recall curve, so it would differ here.")]
     out += [f"Not shown: {what}." for what in rows[0].extra["left_out"]]
+    modes = {r.pseudo for r in rows} - {""}
+    if modes:
+        out.append("(pseudo, ...): trained with pseudo-labelled test rows (kfold run --pseudo-from); honest: each fold's "
+                   "from teachers that never saw its validation rows"
+                   + ("; naive: from the teachers' full-data predictions, which saw them, so its OOF scores are "
+                      "optimistic" if "naive" in modes else "") + ".")
     return out
 
 
@@ -222,7 +235,7 @@ def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
     writer = csv.writer(buf)
     writer.writerow(["fold_map", "run", "n"] + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
                     + ["fold_mean", "fold_std", "seed_std", "seeds", "win_rate", "minutes_per_fold", "auprc_labels",
-                       "trained_on"])
+                       "trained_on", "pseudo"])
     for rows in tables:
         metrics = [m for m in METRICS if m in rows[0].scores]
         chosen = rows[0].extra["metric"]
@@ -249,7 +262,7 @@ def render(tables: list[list[RunRow]], metric: str) -> tuple[str, str, str]:
                             + [f"{r.fold_mean:.4f}", f"{r.fold_std:.4f}", "" if r.seed_std is None else f"{r.seed_std:.4f}",
                                r.seeds, "" if r.win_rate is None else f"{r.win_rate:.4f}",
                                "" if r.fold_minutes is None else f"{r.fold_minutes:.2f}",
-                               "{}/{}".format(*r.extra["auprc_over"]), r.trained_on])
+                               "{}/{}".format(*r.extra["auprc_over"]), r.trained_on, r.pseudo])
     if len(tables) > 1:
         note = f"note: {len(tables)} fold maps in this workdir; runs are only compared within one fold map."
         term.append(note)

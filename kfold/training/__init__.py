@@ -87,6 +87,8 @@ _EXPORTS = {
     "run_pretrain": "._choose",
     # _pseudo
     "pseudo_rows": "._pseudo",
+    "pseudo_labels": "._pseudo",
+    "PseudoLabels": "._pseudo",
     # _probe
     "Speed": "._resources",
     "probe_speed": "._probe",

@@ -22,6 +22,7 @@ from kfold.encoding import Features, concat_features
 
 from ._device import pick_device
 from ._pretrain import PretrainPayload, PretrainSpec, pretrain_epoch
+from ._pseudo import PseudoLabels
 from ._train import FoldData, train_fold
 
 
@@ -37,13 +38,15 @@ class Swapped:
 @dataclass
 class RunPayload:
     """What every part of one run shares, sent once: token features of the training and test rows, the swapped
-    readings (``--augment/--tta swap``), the gold labels and the fold of every row."""
+    readings (``--augment/--tta swap``), the gold labels, the fold of every row and every part's pseudo-labelled
+    test rows (``--pseudo-from``)."""
 
     train: Features
     test: Features | None
     swapped: Swapped | None
     y: np.ndarray
     folds: np.ndarray
+    pseudo: PseudoLabels | None = None
 
 
 @dataclass(frozen=True)
@@ -86,14 +89,35 @@ def part_indices(spec: PartSpec, payload: RunPayload) -> tuple[np.ndarray, np.nd
 
 
 def fold_data(cfg: Config, tr: np.ndarray, va: np.ndarray, y: np.ndarray, train_feats: Features,
-              test_feats: Features | None, swapped: Swapped | None) -> FoldData:
-    """One fold's FoldData. ``--augment swap`` adds the swapped copy of every training-part row (the
-    validation part is never augmented, so OOF stays one row per id); ``--tta swap`` adds the swapped
-    validation and test rows."""
-    train, y_train = train_feats.take(tr), y[tr]
+              test_feats: Features | None, swapped: Swapped | None,
+              pseudo: tuple[np.ndarray, np.ndarray] | None = None) -> FoldData:
+    """One fold's FoldData. ``pseudo`` (test rows, the teachers' probabilities of them) adds pseudo-labelled test
+    rows to the training part, as soft targets (every label a probability row, real rows one-hot) or as the
+    teachers' top label (``--pseudo-targets``), each weighted by ``--pseudo-weight``. ``--augment swap`` adds the
+    swapped copy of every training-part row, pseudo rows included (a soft target's columns permuted like a label).
+    The validation part never gets either, so OOF stays one row per id. ``--tta swap`` adds the swapped validation
+    and test rows."""
+    train, y_train, w_train = train_feats.take(tr), y[tr], None
+    sw_train = swapped.train.take(tr) if cfg.augment == "swap" else None
+    if pseudo is not None:
+        rows, probs = pseudo
+        soft = cfg.pseudo_targets == "soft"
+        num_labels = probs.shape[1]
+        real = np.eye(num_labels, dtype=np.float32)[y_train] if soft else y_train
+        train = concat_features(train, test_feats.take(rows))
+        y_train = np.concatenate([real, probs if soft else probs.argmax(1)])
+        w_train = np.concatenate([np.ones(len(tr), np.float32), np.full(len(rows), cfg.pseudo_weight, np.float32)])
+        if sw_train is not None:
+            sw_train = concat_features(sw_train, swapped.test.take(rows))
     if cfg.augment == "swap":
-        train, y_train = concat_features(train, swapped.train.take(tr)), np.concatenate([y_train, swapped.perm[y[tr]]])
-    data = FoldData(train, y_train, train_feats.take(va), y[va], test_feats)
+        if y_train.ndim == 2:  # a soft target's probability of label c moves to label perm[c]
+            y_swapped = np.empty_like(y_train)
+            y_swapped[:, swapped.perm] = y_train
+        else:
+            y_swapped = swapped.perm[y_train]
+        train, y_train = concat_features(train, sw_train), np.concatenate([y_train, y_swapped])
+        w_train = None if w_train is None else np.concatenate([w_train, w_train])
+    data = FoldData(train, y_train, train_feats.take(va), y[va], test_feats, w_train=w_train)
     if cfg.tta == "swap":
         data.valid_swapped, data.test_swapped, data.swap_perm = swapped.train.take(va), swapped.test, swapped.perm
     return data
@@ -127,7 +151,8 @@ def compute_part(spec: PartSpec, payload: RunPayload, *, device_name: str = "", 
     limit_gpu_memory(spec.gpu_share)
     lines: list[str] = []
     tr, va = part_indices(spec, payload)
-    fdata = fold_data(spec.cfg, tr, va, payload.y, payload.train, payload.test, payload.swapped)
+    pseudo = payload.pseudo.part(spec.part) if payload.pseudo is not None else None
+    fdata = fold_data(spec.cfg, tr, va, payload.y, payload.train, payload.test, payload.swapped, pseudo)
     refit = spec.part == REFIT
     t0 = time.perf_counter()
     res = train_fold(spec.cfg, spec.label_names, fdata, pad_id=spec.pad_id, vocab_size=spec.vocab_size,
@@ -138,7 +163,7 @@ def compute_part(spec: PartSpec, payload: RunPayload, *, device_name: str = "", 
     wall = time.perf_counter() - t0
     record = {
         "best_epoch": res.best_epoch, "metrics": res.metrics, "history": res.history, "n_train": len(tr),
-        "n_valid": len(va), "train_seconds": round(res.train_seconds, 2), "wall_seconds": round(wall, 2),
+        "n_valid": len(va), "pseudo_rows": 0 if pseudo is None else len(pseudo[0]), "train_seconds": round(res.train_seconds, 2), "wall_seconds": round(wall, 2),
         "train_examples_per_s": round(res.train_examples_per_s, 2), "padding_share": round(res.padding_share, 4),
         "micro_batch": res.micro_batch, "accum_steps": res.accum_steps, "pid": os.getpid(),
         "host": socket.gethostname(), "node": node or socket.gethostname(),

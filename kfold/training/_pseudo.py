@@ -1,14 +1,39 @@
-"""Pseudo-labels: which test rows a fold's training part takes from its teacher's predictions. Torch-free.
+"""Pseudo-labels: which test rows each part's training part takes from its teachers' predictions. Torch-free.
 
 A fold's teacher is one that never saw the fold's validation rows (its fold-k model, or a blend's fit without fold
-k: ``ensemble.blend_fits``); this module chooses rows from the teacher's probabilities of the test rows.
+k: ``ensemble.blend_fits``); the refit's is the teachers' full-data prediction. This module chooses rows from the
+teachers' probabilities of the test rows (:func:`pseudo_rows`) and makes every part's choice once, in the driver
+(:func:`pseudo_labels`), so the parts only append the rows they are given to their training part.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
+
 import numpy as np
 
+from kfold.core.config import Config
 from kfold.core.errors import ConfigError
+from kfold.core.store import REFIT
+from kfold.core.teachers import Teachers, positions
+
+
+@dataclass
+class PseudoLabels:
+    """Every part's pseudo rows: ``rows[part]`` (indices into the student's test rows) and ``probs[part]`` (the
+    teachers' probabilities of those rows, float32); the run's record of them in ``record``."""
+
+    targets: str
+    weight: float
+    rows: dict = field(default_factory=dict)
+    probs: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+    def part(self, part) -> tuple[np.ndarray, np.ndarray] | None:
+        """The rows and probabilities of one part (None when it takes none)."""
+        rows = self.rows.get(part)
+        return None if rows is None or not len(rows) else (rows, self.probs[part])
 
 
 def pseudo_rows(probs: np.ndarray, threshold: float, cap: float) -> np.ndarray:
@@ -43,3 +68,49 @@ def pseudo_rows(probs: np.ndarray, threshold: float, cap: float) -> np.ndarray:
         rows = passed[label[passed] == c]
         chosen.append(rows[np.lexsort((rows, -top[rows]))][:quota[c]])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def pseudo_labels(cfg: Config, teachers: Teachers, fold_map_hash: str, folds: np.ndarray,
+                  label_names: tuple[str, ...], test_ids, test_y: np.ndarray | None = None) -> PseudoLabels:
+    """Choose every part's pseudo rows: fold k's from ``teachers.fold_probs[k]`` (``--pseudo-folds naive``: from
+    the full-data ``full_probs``, as every fold's), capped at ``pseudo_max_share`` x the fold's real training rows;
+    the refit's from ``full_probs``, capped by all rows. ``folds``: the fold of every training row; ``test_y``: the
+    test file's gold labels when it has them (only recorded: the pseudo rows' accuracy, never used to choose).
+
+    Raises ConfigError in one line when the teachers were trained with another fold map, other label names, another
+    test file, or lack a fold's probabilities.
+    """
+    if teachers.fold_map_hash != fold_map_hash:
+        raise ConfigError(f"--pseudo-from {', '.join(teachers.sources)}: trained with fold map "
+                          f"{teachers.fold_map_hash[:12]}, the student's is {fold_map_hash[:12]}; a teacher of other "
+                          "folds saw this student's validation rows (use the same --folds, --fold-seed and data)")
+    if tuple(teachers.label_names) != tuple(label_names):
+        raise ConfigError(f"--pseudo-from {', '.join(teachers.sources)}: label names {list(teachers.label_names)[:4]}..., "
+                          f"the student's are {list(label_names)[:4]}...")
+    k = int(folds.max()) + 1
+    missing = [f for f in range(k) if f not in teachers.fold_probs]
+    if missing:
+        raise ConfigError(f"--pseudo-from {', '.join(teachers.sources)}: no test probabilities of fold(s) {missing}")
+    order = positions(teachers.test_ids, np.asarray(test_ids), f"--pseudo-from {', '.join(teachers.sources)}: "
+                                                                "against the student's --test")
+    out = PseudoLabels(cfg.pseudo_targets, cfg.pseudo_weight)
+    parts = {f: (teachers.full_probs if cfg.pseudo_folds == "naive" else teachers.fold_probs[f],
+                 int((folds != f).sum())) for f in range(k)}
+    parts[REFIT] = (teachers.full_probs, len(folds))
+    per_part = {}
+    for part, (probs, n_real) in parts.items():
+        probs = np.asarray(probs, dtype=np.float64)[order]
+        rows = pseudo_rows(probs, cfg.pseudo_threshold, cfg.pseudo_max_share * n_real)
+        out.rows[part], out.probs[part] = rows, probs[rows].astype(np.float32)
+        label = probs[rows].argmax(1)
+        per_part["refit" if part == REFIT else str(part)] = {
+            "rows": int(len(rows)), "real_rows": n_real,
+            "per_label": {label_names[c]: n for c, n in sorted(Counter(label.tolist()).items())},
+            "mean_top_probability": round(float(probs[rows].max(1).mean()), 4) if len(rows) else None,
+            **({"accuracy_on_test_labels": round(float((label == test_y[rows]).mean()), 4) if len(rows) else None}
+               if test_y is not None else {}),
+        }
+    out.record = {"teachers": list(teachers.sources), "digest": teachers.digest, "folds": cfg.pseudo_folds,
+                  "threshold": cfg.pseudo_threshold, "max_share": cfg.pseudo_max_share, "weight": cfg.pseudo_weight,
+                  "targets": cfg.pseudo_targets, "parts": per_part}
+    return out

@@ -12,6 +12,7 @@ from kfold.core.config import Config, environment
 from kfold.core.errors import ConfigError, StoreError
 from kfold.core.metrics import auprc_labels, majority_accuracy, metric_fn, no_relation_index
 from kfold.core.store import RunDir
+from kfold.core.teachers import Teachers
 from kfold.core.textio import write_json_atomic
 from kfold.data import LoadedData, inverse_labels, list_path, load_data, swap_entities
 from kfold.core.store import REFIT
@@ -23,6 +24,7 @@ from ._choose import Work, choose_executor, part_row_epochs
 from ._folds import FoldMap, fold_map_for
 from ._parts import RunPayload, Swapped
 from ._probe import probe_sample
+from ._pseudo import PseudoLabels, pseudo_labels
 from ._schedule import Job, RunOutcome, run_jobs
 from ._device import compute_line
 
@@ -32,7 +34,7 @@ from ._device import compute_line
 RUNTIME_KEYS = ("data", "test", "labels", "threads", "save_models", "eval_batch_size", "device", "auto_micro_batch",
                 "attn_implementation", "offsets", "repair_window", "too_far", "overlap", "bad_rows", "refit",
                 "epoch_scores", "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries",
-                "report_to", "mlflow_uri", "wandb_project")
+                "report_to", "mlflow_uri", "wandb_project", "pseudo_from")
 #: The runtime keys that only say where and how fast parts train, or where they are reported (another worker of one study may differ in them).
 PLACEMENT_KEYS = ("threads", "save_models", "eval_batch_size", "device", "auto_micro_batch", "attn_implementation",
                   "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries", "report_to", "mlflow_uri",
@@ -42,17 +44,34 @@ NAMING_KEYS = ("variant", "backbone", "seed", "format", "columns", "folds", "fol
 _SHORT = {"label_smoothing": "ls", "batch_size": "bs", "max_len": "len", "epochs": "ep", "grad_accum": "acc",
           "warmup_ratio": "wu", "weight_decay": "wd", "activation": "act", "class_weights": "cw",
           "average_epochs": "avg", "layer_lr_decay": "lld", "backbone_dropout": "bdrop", "attention_dropout": "adrop",
-          "adversarial": "adv", "adv_start_epoch": "adv_from"}
+          "adversarial": "adv", "adv_start_epoch": "adv_from", "pseudo_threshold": "pthr",
+          "pseudo_max_share": "pshare", "pseudo_weight": "pw", "pseudo_targets": "ptargets", "pseudo_folds": "pfolds"}
+#: Characters of the teachers' digest in a student's name (``+pseudo=1a2b3c4d``).
+PSEUDO_DIGEST_CHARS = 8
 
 
-def run_name(cfg: Config, tag: str = "") -> str:
-    """``split-minilm-s1``, plus the tag or the settings that differ from the defaults (``+ls=0.05,bs=8``)."""
+def _settings(cfg: Config) -> dict:
+    """The settings that make a run's numbers: not runtime or naming keys, nor pseudo-label settings without
+    teachers (they do nothing then)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS + NAMING_KEYS
+            and (cfg.pseudo_from or not k.startswith("pseudo_"))}
+
+
+def run_name(cfg: Config, tag: str = "", pseudo: str = "") -> str:
+    """``split-minilm-s1``, plus the tag or the settings that differ from the defaults (``+ls=0.05,bs=8``); a
+    pseudo-labelled run's name starts them with its teachers' digest ``pseudo`` (``+pseudo=1a2b3c4d``), not their
+    names (the digest of their probabilities: the same teachers retrained name another run); a tag replaces all of
+    them (the resume check still compares the digest). Raises ConfigError for a config with ``pseudo_from`` and
+    neither a tag nor a digest (the teachers must be loaded to name the run)."""
     base = f"{cfg.variant}-{backbone_slug(cfg.backbone)}-s{cfg.seed}"
+    if cfg.pseudo_from and not pseudo and not tag:
+        raise ConfigError("a run with --pseudo-from is named by its teachers' digest: load them first "
+                          "(ensemble.load_teachers)")
     if tag:
         return f"{base}-{tag}"
     default = Config()
-    diff = [f"{_SHORT.get(k, k)}={v}" for k, v in cfg.to_dict().items()
-            if k not in RUNTIME_KEYS + NAMING_KEYS and v != getattr(default, k)]
+    diff = [f"pseudo={pseudo[:PSEUDO_DIGEST_CHARS]}"] if cfg.pseudo_from else []
+    diff += [f"{_SHORT.get(k, k)}={v}" for k, v in _settings(cfg).items() if v != getattr(default, k)]
     return base + ("+" + ",".join(diff) if diff else "")
 
 
@@ -61,14 +80,16 @@ def skipped_rows(ds) -> int:
     return len({s.row for s in ds.skipped})
 
 
-def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap, backbone_hash: str) -> None:
-    """Refuse to mix a run folder's completed folds with other settings, data, folds or built backbone weights."""
+def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap, backbone_hash: str,
+                    pseudo: PseudoLabels | None = None) -> None:
+    """Refuse to mix a run folder's completed folds with other settings, data, folds, built backbone weights or
+    pseudo-label teachers."""
     if not run.config_path.exists():
         return
     old = run.read_config()
     defaults = Config().to_dict()
     for key, value in cfg.to_dict().items():
-        if key in RUNTIME_KEYS:
+        if key in RUNTIME_KEYS or (key.startswith("pseudo_") and not cfg.pseudo_from):
             continue
         before = old["config"].get(key, defaults[key])  # a key added in a later version had its default
         if before != value:
@@ -82,6 +103,11 @@ def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap, bac
         raise StoreError(f"{run.config_path}: field 'backbone_hash': the run was made with other weights of backbone "
                          f"'{cfg.backbone}' (found {old.get('backbone_hash') or 'none'!r}, now {backbone_hash!r}); "
                          "use another --workdir or --tag")
+    digest_then, digest_now = old.get("pseudo", {}).get("digest", ""), pseudo.record["digest"] if pseudo else ""
+    if digest_then != digest_now:
+        raise StoreError(f"{run.config_path}: field 'pseudo.digest': the run was trained with other pseudo-label "
+                         f"teachers' probabilities (found {digest_then[:12] or 'none'!r}, now {digest_now[:12] or 'none'!r}); "
+                         "use --tag NAME or another --workdir")
     for key, now in (("data_hash", data.train.content_hash()), ("fold_map_hash", fm.hash),
                      ("test_hash", data.test.content_hash() if data.test else "")):
         if old.get(key) != now:
@@ -151,28 +177,54 @@ def swapped_features(cfg: Config, train, test, tokenizer, cache: str | Path | No
 _PREPARE_LOCK = threading.Lock()
 
 
+#: Loads pseudo-label teachers: ``(sources, workdir) -> Teachers`` (``ensemble.load_teachers``).
+TeacherLoader = Callable[[Sequence[str], Path], Teachers]
+
+
+def load_pseudo(cfg: Config, workdir: str | Path, teachers: TeacherLoader | None) -> Teachers | None:
+    """The teachers of a config with ``pseudo_from`` (None without); ConfigError in one line when no loader is
+    given or the config has no test file (the pseudo rows are its rows)."""
+    if not cfg.pseudo_from:
+        return None
+    if not cfg.test:
+        raise ConfigError("--pseudo-from labels the test file's rows for training; pass --test (the file the "
+                          "teachers predicted)")
+    if teachers is None:
+        raise ConfigError("--pseudo-from: no teacher loader given (the Python API: pass teachers=ensemble.load_teachers)")
+    return teachers(cfg.pseudo_from, Path(workdir))
+
+
 def prepare_job(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
-                log: Callable[[str], None] = print, on_fold: Callable[[int, dict], None] | None = None) -> Job:
+                log: Callable[[str], None] = print, on_fold: Callable[[int, dict], None] | None = None,
+                teachers: TeacherLoader | None = None) -> Job:
     """Everything the driver needs to train a run's missing parts: data, fold map and token features (read and
-    encoded once), the run folder with its config and data records (checked against what it was made with), and
-    the payload every part of the run shares. Driver threads take turns here (see ``_PREPARE_LOCK``)."""
+    encoded once), the pseudo-labelled test rows of every part (``teachers`` loads ``cfg.pseudo_from``), the run
+    folder with its config and data records (checked against what it was made with), and the payload every part of
+    the run shares. Driver threads take turns here (see ``_PREPARE_LOCK``)."""
     with _PREPARE_LOCK:
-        return _prepare_job(cfg, workdir, folds, tag, log, on_fold)
+        return _prepare_job(cfg, workdir, folds, tag, log, on_fold, teachers)
 
 
 def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, tag: str, log: Callable[[str], None],
-                 on_fold: Callable[[int, dict], None] | None) -> Job:
+                 on_fold: Callable[[int, dict], None] | None, teachers: TeacherLoader | None) -> Job:
+    loaded = load_pseudo(cfg, workdir, teachers)  # refused before the data is encoded
     data, fm, tokenizer, train_feats, test_feats, _, swapped = prepare(cfg, workdir, log)
     if cfg.refit and data.test is None:  # refused before anything trains (it would fail after every fold)
         raise ConfigError("--refit trains one more model on every row to predict the test file; pass --test")
-    run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag))
+    pseudo = None
+    if loaded is not None:
+        pseudo = pseudo_labels(cfg, loaded, fm.hash, fm.folds, data.train.label_names, data.test.ids,
+                               data.test.y if data.test.labelled else None)
+    run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag, loaded.digest if loaded else ""))
     backbone_hash = built_backbone_hash(cfg.backbone) or ""  # built (once) by load_tokenizer above, so only read
-    _check_identity(run, cfg, data, fm, backbone_hash)
+    _check_identity(run, cfg, data, fm, backbone_hash, pseudo)
     wanted = list(range(cfg.folds)) if folds is None else list(folds)
     for fold in wanted:
         if not 0 <= fold < cfg.folds:
             raise StoreError(f"--fold {fold}: expected a fold number 0..{cfg.folds - 1}")
     log(f"{run.name}: {compute_line(cfg)}")
+    if pseudo is not None:
+        log(f"{run.name}: {pseudo_line(pseudo.record)}")
     y = data.train.y
     if not (run.root / "data.json").exists():
         write_json_atomic(run.root / "data.json", data_record(cfg, data, train_feats, workdir))
@@ -183,16 +235,29 @@ def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, 
             "skipped_rows": skipped_rows(data.train), "backbone_hash": backbone_hash,
             "fold_map": {"path": fm.path, "hash": fm.hash, "k": fm.k, "seed": fm.seed, "group": fm.group},
             "fold_map_hash": fm.hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **({"pseudo": pseudo.record} if pseudo else {}),
         })
     outcome = RunOutcome(run, majority_accuracy=majority_accuracy(y), auprc_over=auprc_labels(y, len(data.train.label_names)))
-    return Job(cfg, run, fm, data, tokenizer, RunPayload(train_feats, test_feats, swapped, y, fm.folds), outcome,
-               wanted, on_fold)
+    return Job(cfg, run, fm, data, tokenizer, RunPayload(train_feats, test_feats, swapped, y, fm.folds, pseudo),
+               outcome, wanted, on_fold)
+
+
+def pseudo_line(record: dict) -> str:
+    """``pseudo-labels from RUN (honest, soft, >= 0.9): 812-1024 test rows per fold, 1530 for the refit``."""
+    parts = record["parts"]
+    per_fold = [p["rows"] for name, p in parts.items() if name != "refit"]
+    span = f"{min(per_fold)}-{max(per_fold)}" if min(per_fold) != max(per_fold) else str(per_fold[0])
+    acc = [p["accuracy_on_test_labels"] for p in parts.values() if p.get("accuracy_on_test_labels") is not None]
+    shown = f"; their labels' accuracy on the test file's own labels {min(acc):.1%}-{max(acc):.1%}" if acc else ""
+    return (f"pseudo-labels from {', '.join(record['teachers'])} ({record['folds']}, {record['targets']} targets, "
+            f"top probability >= {record['threshold']}): {span} test rows per fold, {parts['refit']['rows']} for the "
+            f"refit{shown}")
 
 
 def run_many(cfgs: Sequence[Config], workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
              log: Callable[[str], None] = print, model_factory=None, on_fold: Callable[[int, dict], None] | None = None,
              executor=None, before_part: Callable | None = None, trackers=None,
-             tracker_tags: dict[str, str] | None = None) -> list[RunOutcome]:
+             tracker_tags: dict[str, str] | None = None, teachers: TeacherLoader | None = None) -> list[RunOutcome]:
     """Train the missing parts of several runs (variants x backbones x seeds) in one queue: every slot of the
     executor stays busy across run boundaries, results are written as they arrive.
 
@@ -201,7 +266,8 @@ def run_many(cfgs: Sequence[Config], workdir: str | Path, *, folds: Sequence[int
     data); closed here when made here. ``before_part(config, run name, part)``: called before each part is
     submitted (what it raises stops the queue). ``trackers`` (:class:`kfold.tracking.Trackers`): where the runs
     are reported (default: opened from the first config's ``report_to`` and closed here); ``tracker_tags``: extra
-    tags of their tracker runs (a tuning trial's number). Other parameters as :func:`run_kfold`.
+    tags of their tracker runs (a tuning trial's number). ``teachers``: loads the pseudo-label teachers of configs
+    with ``pseudo_from`` (``ensemble.load_teachers``). Other parameters as :func:`run_kfold`.
     """
     first = cfgs[0]
     own_trackers = trackers is None and first.report_to  # a missing tracker package is refused before anything else
@@ -210,7 +276,8 @@ def run_many(cfgs: Sequence[Config], workdir: str | Path, *, folds: Sequence[int
     jobs: list[Job] = []
     raised = True
     try:
-        jobs = [prepare_job(cfg, workdir, folds=folds, tag=tag, log=log, on_fold=on_fold) for cfg in cfgs]
+        jobs = [prepare_job(cfg, workdir, folds=folds, tag=tag, log=log, on_fold=on_fold, teachers=teachers)
+                for cfg in cfgs]
         if trackers:
             for job in jobs:
                 trackers.open_run(job.run.root, job.run.name, job.cfg.to_dict(), run_tags(job.run, workdir, tracker_tags))
@@ -265,7 +332,8 @@ def job_executor(jobs: list[Job], workdir: str | Path, *, log: Callable[[str], N
 def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",
               log: Callable[[str], None] = print, model_factory=None,
               on_fold: Callable[[int, dict], None] | None = None, executor=None,
-              before_part: Callable | None = None, trackers=None, tracker_tags: dict[str, str] | None = None) -> RunOutcome:
+              before_part: Callable | None = None, trackers=None, tracker_tags: dict[str, str] | None = None,
+              teachers: TeacherLoader | None = None) -> RunOutcome:
     """Train the folds of one run that are not complete yet, then assemble OOF and test logits.
 
     Parameters
@@ -278,7 +346,8 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     executor: where the parts train (default: made from ``cfg``, see :func:`run_many`; one given is not closed).
     before_part: called as ``before_part(config, run name, part)`` before each part is submitted (``kfold auto``'s budget guard;
     what it raises stops the run, completed folds stay). trackers, tracker_tags: where the run is reported
-    (default: ``cfg.report_to``), see :func:`run_many`.
+    (default: ``cfg.report_to``), see :func:`run_many`. teachers: loads ``cfg.pseudo_from``'s pseudo-label
+    teachers (``ensemble.load_teachers``; a config with ``pseudo_from`` needs it).
 
     Returns
     -------
@@ -294,4 +363,5 @@ def run_kfold(cfg: Config, workdir: str | Path, *, folds: Sequence[int] | None =
     >>> run_kfold(Config(variant="split", data="train.tsv"), "runs")  # doctest: +SKIP
     """
     return run_many([cfg], workdir, folds=folds, tag=tag, log=log, model_factory=model_factory, on_fold=on_fold,
-                    executor=executor, before_part=before_part, trackers=trackers, tracker_tags=tracker_tags)[0]
+                    executor=executor, before_part=before_part, trackers=trackers, tracker_tags=tracker_tags,
+                    teachers=teachers)[0]

@@ -38,6 +38,9 @@ class FoldData:
     valid: Features
     y_valid: np.ndarray
     test: Features | None = None
+    # --pseudo-from: y_train holds soft targets [N, C] (or label indices), and each training row's loss weight
+    # (real rows 1, pseudo-labelled rows --pseudo-weight); None = every row 1
+    w_train: np.ndarray | None = None
     # --tta swap: the same validation / test rows with the entities swapped, and the label permutation
     # that reads their logits back in the original order (kfold.data, entity swap)
     valid_swapped: Features | None = None
@@ -203,7 +206,7 @@ def _setup(cfg: Config, num_labels: int, data: FoldData, pad_id: int, vocab_size
     seed_everything(seed)
     model = model_factory() if model_factory else build_model(cfg, num_labels, vocab_size, device, dtype)
     model.loss_fn = RelationLoss(cfg.loss, cfg.label_smoothing, cfg.focal_gamma,
-                                 class_weight_vector(data.y_train, num_labels, cfg.class_weights))
+                                 class_weight_vector(data.y_train, num_labels, cfg.class_weights, data.w_train))
     if cfg.grad_checkpointing:
         enable_checkpointing(model.backbone)
     model.to(device)
@@ -241,7 +244,8 @@ def _setup(cfg: Config, num_labels: int, data: FoldData, pad_id: int, vocab_size
 def _micro_pass(f: _Fold, idx: np.ndarray, scale: float) -> torch.Tensor:
     """Forward and backward of one micro-batch, its loss weighted by ``scale``; the unweighted loss, detached."""
     cfg = f.cfg
-    batch = {k: v.to(f.device, non_blocking=True) for k, v in collate(f.data.train, idx, f.pad_id, f.data.y_train).items()}
+    batch = {k: v.to(f.device, non_blocking=True) for k, v in collate(f.data.train, idx, f.pad_id, f.data.y_train,
+                                                                         f.data.w_train).items()}
     if cfg.rdrop:  # R-Drop: every row twice in one pass, so each copy gets its own dropout masks
         batch = {k: torch.cat([v, v]) for k, v in batch.items()}
     with autocast(f.device, f.dtype):
