@@ -30,6 +30,12 @@ NOT_PROBABILITIES = {"rank": "normalised mean ranks", "hard": "vote shares"}
 
 
 def _test_of(run: RunDir, flag: str) -> Predictions:
+    """A teacher run's test predictions, with its fold models' own logits; refuses a run whose fold models saw
+    every fold's validation rows through naive pseudo-labels (its fold-k models are no fold-k teachers)."""
+    config = run.read_config() if run.config_path.exists() else {}
+    if (config.get("pseudo") or {}).get("folds") == "naive":
+        raise ConfigError(f"{run.config_path}: field 'pseudo.folds': run '{run.name}' was trained with naive "
+                          "pseudo-labels, so its fold models saw every fold's validation rows; it cannot teach")
     if not run.test_path.exists():
         raise ConfigError(f"{flag}: run '{run.name}' was trained without a test file ({run.test_path} not found), so "
                           "it has no test predictions to label with; train it with --test")
@@ -52,7 +58,17 @@ def _run_teacher(workdir: Path, name: str, flag: str) -> Teachers:
             raise ConfigError(f"{refit.path}: field 'label_names': other label names than {test.path}")
         full = refit.logits[positions(refit.ids, test.ids, f"{refit.path}: field 'ids'")]
     return Teachers([name], test.ids, test.label_names, test.fold_map_hash,
-                    {k: softmax(z) for k, z in enumerate(test.fold_logits)}, softmax(full))
+                    {k: softmax(z) for k, z in enumerate(test.fold_logits)}, softmax(full), _test_hash([run], flag))
+
+
+def _test_hash(runs: list[RunDir], flag: str) -> str:
+    """The content hash of the test file the runs predicted (their config.json's ``test_hash``; "" when not
+    recorded); refuses runs of different test files."""
+    hashes = {run.name: run.read_config().get("test_hash", "") if run.config_path.exists() else "" for run in runs}
+    known = {h for h in hashes.values() if h}
+    if len(known) > 1:
+        raise ConfigError(f"{flag}: members {sorted(hashes)} predicted different test files (field 'test_hash')")
+    return known.pop() if known else ""
 
 
 def _blend_teacher(workdir: Path, path: Path, flag: str) -> Teachers:
@@ -86,14 +102,15 @@ def _blend_teacher(workdir: Path, path: Path, flag: str) -> Teachers:
     fold_probs = {f: fit.predict_proba(np.stack([t.fold_logits[f][o] for t, o in zip(tests, order)]))
                   for f, fit in fold_fits.items()}
     return Teachers([str(path)], members.test_ids, members.label_names, members.fold_map_hash, fold_probs,
-                    full_fit.predict_proba(members.test))
+                    full_fit.predict_proba(members.test), _test_hash(runs, flag))
 
 
 def load_teachers(sources: list[str], workdir: str | Path) -> Teachers:
     """The teachers ``sources`` name (run names in ``workdir``, or blend files), combined (the mean of their
     probabilities). Raises ConfigError in one line for a teacher without test predictions or without its fold
-    models' test logits, a blend of rank or vote method or of another test file, teachers of different fold maps,
-    label names or test files; StoreError for a store file that cannot be read. (Whether the teachers' fold map and
+    models' test logits, a run trained with naive pseudo-labels (or a blend with one), a blend of rank or vote method
+    or of another test file, teachers of different fold maps, label names or test files (ids, or the recorded
+    content hash); StoreError for a store file that cannot be read. (Whether the teachers' fold map and
     test file are the student's is checked where the student is set up.)"""
     workdir = Path(workdir)
     if not sources:
@@ -112,6 +129,9 @@ def load_teachers(sources: list[str], workdir: str | Path) -> Teachers:
                               f"'{out.sources[0]}'; teachers must share the student's fold map")
         if tuple(t.label_names) != tuple(out.label_names):
             raise ConfigError(f"{flag}: other label names than '{out.sources[0]}'")
+        if t.test_hash and out.test_hash and t.test_hash != out.test_hash:
+            raise ConfigError(f"{flag}: predicted another test file than '{out.sources[0]}' (field 'test_hash')")
+        out.test_hash = out.test_hash or t.test_hash
         order = positions(t.test_ids, out.test_ids, f"{flag}: than '{out.sources[0]}'")
         n = len(out.sources)
         out.fold_probs = {f: (p * n + t.fold_probs[f][order]) / (n + 1) for f, p in out.fold_probs.items()}

@@ -19,7 +19,8 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 #: Keys that may never be tuned: the seed (tuning it is overfitting to noise), data and folds.
 FORBIDDEN = ("seed", "fold_seed", "folds", "group", "data", "test", "labels", "format", "columns", "metric",
              "device", "threads", "save_models", "offsets", "repair_window", "too_far", "overlap", "bad_rows",
-             "no_relation", "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries", "pseudo_from")
+             "no_relation", "cluster", "gpus_per_fold", "cpus_per_fold", "max_parallel", "retries", "pseudo_from",
+             "pseudo_folds")
 _KINDS = ("float", "int", "categorical")
 
 
@@ -61,8 +62,8 @@ def load_space(path: str | Path | None) -> dict[str, dict[str, Any]]:
 def _check_entry(path: Path, key: str, spec: Any) -> dict[str, Any]:
     valid = {f.name: f for f in fields(Config)}
     if key in FORBIDDEN:
-        raise ConfigError(f"{path}: key '{key}': it cannot be tuned (the seed, the data/fold settings and the "
-                          "pseudo-label teachers are fixed)")
+        raise ConfigError(f"{path}: key '{key}': it cannot be tuned (the seed, the data/fold settings, the "
+                          "pseudo-label teachers and their per-fold use are fixed)")
     if key not in valid:
         raise unknown_name(f"search-space key (in {path})", key, [k for k in valid if k not in FORBIDDEN])
     if not isinstance(spec, dict) or spec.get("type") not in _KINDS:

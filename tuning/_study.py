@@ -166,11 +166,23 @@ def _identity(config: dict) -> dict:
 
 def _check_or_store_settings(study, settings: StudySettings, base: Config, space: dict | None) -> None:
     attrs = study.user_attrs
+    # the pseudo-label teachers are named in the config, but what they predict is their probabilities: a teacher
+    # retrained under its name makes the study's later trials other trials (their runs are tagged, not digest-named)
+    digest = ""
+    if base.pseudo_from:
+        from ensemble import load_teachers
+
+        digest = load_teachers(base.pseudo_from, settings.workdir).digest
     if "base_config" not in attrs:
         study.set_user_attr("base_config", base.to_dict())
         study.set_user_attr("space", space)
         study.set_user_attr("metric", settings.metric)
+        study.set_user_attr("pseudo_digest", digest)
         return
+    if attrs.get("pseudo_digest", "") != digest:
+        raise ConfigError(f"study '{settings.study}' was started with other pseudo-label teachers' probabilities "
+                          f"(digest {attrs.get('pseudo_digest', '')[:12] or 'none'}, now {digest[:12] or 'none'}); "
+                          "use another --study name")
     stored, now = _identity(attrs["base_config"]), _identity(base.to_dict())
     defaults = Config().to_dict()
     defaults = _identity(defaults)

@@ -184,7 +184,10 @@ class Config:
 
     def __post_init__(self) -> None:
         # a list from a config file or a run's config.json: kept as a tuple (the config is frozen and hashable)
-        sources = (self.pseudo_from,) if isinstance(self.pseudo_from, str) else tuple(self.pseudo_from)
+        raw = () if self.pseudo_from is None else self.pseudo_from
+        if not isinstance(raw, (str, list, tuple)):
+            raise ConfigError(f"pseudo_from = {raw!r}: expected run names or blend files (strings)")
+        sources = (raw,) if isinstance(raw, str) else tuple(raw)
         if not all(isinstance(s, str) and s.strip() for s in sources):
             raise ConfigError(f"pseudo_from = {self.pseudo_from!r}: expected run names or blend files (strings)")
         object.__setattr__(self, "pseudo_from", sources)

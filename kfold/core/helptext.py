@@ -73,7 +73,8 @@ HELP: dict[str, tuple[str, str]] = {
     "pseudo_from": ("training", "pseudo-label teacher: a run name of this workdir or a blend file (repeat the flag "
                                 "for several: their mean). Test rows it labels confidently join the training part of "
                                 "every fold and the refit, fold k's from the teachers' models that never saw fold k; "
-                                "needs --test, and teachers trained with the same fold map and test file"),
+                                "needs --test, and teachers trained with the same fold map and test file (checked by "
+                                "test ids and the test file's recorded hash)"),
     "pseudo_threshold": ("training", "a test row is pseudo-labelled when the teachers' top probability is at least this"),
     "pseudo_max_share": ("training", "at most this many pseudo rows per real training row of the part (the most "
                                      "confident first, each label keeping its share)"),

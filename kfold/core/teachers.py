@@ -25,6 +25,7 @@ class Teachers:
     fold_map_hash: str
     fold_probs: dict[int, np.ndarray] = field(default_factory=dict)
     full_probs: np.ndarray | None = None
+    test_hash: str = ""  # the content hash of the test file they predicted ("" when their runs did not record it)
 
     @property
     def digest(self) -> str:

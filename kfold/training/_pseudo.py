@@ -71,14 +71,16 @@ def pseudo_rows(probs: np.ndarray, threshold: float, cap: float) -> np.ndarray:
 
 
 def pseudo_labels(cfg: Config, teachers: Teachers, fold_map_hash: str, folds: np.ndarray,
-                  label_names: tuple[str, ...], test_ids, test_y: np.ndarray | None = None) -> PseudoLabels:
+                  label_names: tuple[str, ...], test_ids, test_y: np.ndarray | None = None,
+                  test_hash: str = "") -> PseudoLabels:
     """Choose every part's pseudo rows: fold k's from ``teachers.fold_probs[k]`` (``--pseudo-folds naive``: from
     the full-data ``full_probs``, as every fold's), capped at ``pseudo_max_share`` x the fold's real training rows;
-    the refit's from ``full_probs``, capped by all rows. ``folds``: the fold of every training row; ``test_y``: the
-    test file's gold labels when it has them (only recorded: the pseudo rows' accuracy, never used to choose).
+    with ``cfg.refit`` the refit's from ``full_probs``, capped by all rows. ``folds``: the fold of every training
+    row; ``test_y``: the test file's gold labels when it has them (only recorded: the pseudo rows' accuracy, never
+    used to choose); ``test_hash``: the student's test file's content hash.
 
     Raises ConfigError in one line when the teachers were trained with another fold map, other label names, another
-    test file, or lack a fold's probabilities.
+    test file (other ids, or another recorded content hash), or lack a fold's probabilities.
     """
     if teachers.fold_map_hash != fold_map_hash:
         raise ConfigError(f"--pseudo-from {', '.join(teachers.sources)}: trained with fold map "
@@ -87,6 +89,9 @@ def pseudo_labels(cfg: Config, teachers: Teachers, fold_map_hash: str, folds: np
     if tuple(teachers.label_names) != tuple(label_names):
         raise ConfigError(f"--pseudo-from {', '.join(teachers.sources)}: label names {list(teachers.label_names)[:4]}..., "
                           f"the student's are {list(label_names)[:4]}...")
+    if teachers.test_hash and test_hash and teachers.test_hash != test_hash:
+        raise ConfigError(f"--pseudo-from {', '.join(teachers.sources)}: the teachers predicted another test file "
+                          f"(content hash {teachers.test_hash[:12]}, the student's --test is {test_hash[:12]})")
     k = int(folds.max()) + 1
     missing = [f for f in range(k) if f not in teachers.fold_probs]
     if missing:
@@ -96,7 +101,8 @@ def pseudo_labels(cfg: Config, teachers: Teachers, fold_map_hash: str, folds: np
     out = PseudoLabels(cfg.pseudo_targets, cfg.pseudo_weight)
     parts = {f: (teachers.full_probs if cfg.pseudo_folds == "naive" else teachers.fold_probs[f],
                  int((folds != f).sum())) for f in range(k)}
-    parts[REFIT] = (teachers.full_probs, len(folds))
+    if cfg.refit:
+        parts[REFIT] = (teachers.full_probs, len(folds))
     per_part = {}
     for part, (probs, n_real) in parts.items():
         probs = np.asarray(probs, dtype=np.float64)[order]

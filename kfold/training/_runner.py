@@ -107,7 +107,7 @@ def _check_identity(run: RunDir, cfg: Config, data: LoadedData, fm: FoldMap, bac
     if digest_then != digest_now:
         raise StoreError(f"{run.config_path}: field 'pseudo.digest': the run was trained with other pseudo-label "
                          f"teachers' probabilities (found {digest_then[:12] or 'none'!r}, now {digest_now[:12] or 'none'!r}); "
-                         "use --tag NAME or another --workdir")
+                         "use another --tag or --workdir")
     for key, now in (("data_hash", data.train.content_hash()), ("fold_map_hash", fm.hash),
                      ("test_hash", data.test.content_hash() if data.test else "")):
         if old.get(key) != now:
@@ -214,7 +214,7 @@ def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, 
     pseudo = None
     if loaded is not None:
         pseudo = pseudo_labels(cfg, loaded, fm.hash, fm.folds, data.train.label_names, data.test.ids,
-                               data.test.y if data.test.labelled else None)
+                               data.test.y if data.test.labelled else None, data.test.content_hash())
     run = RunDir(Path(workdir) / "runs" / run_name(cfg, tag, loaded.digest if loaded else ""))
     backbone_hash = built_backbone_hash(cfg.backbone) or ""  # built (once) by load_tokenizer above, so only read
     _check_identity(run, cfg, data, fm, backbone_hash, pseudo)
@@ -243,15 +243,16 @@ def _prepare_job(cfg: Config, workdir: str | Path, folds: Sequence[int] | None, 
 
 
 def pseudo_line(record: dict) -> str:
-    """``pseudo-labels from RUN (honest, soft, >= 0.9): 812-1024 test rows per fold, 1530 for the refit``."""
+    """``pseudo-labels from RUN (honest, soft targets, top probability >= 0.9): 812-1024 test rows per fold, 1530
+    for the refit`` (the refit's only with ``--refit``)."""
     parts = record["parts"]
     per_fold = [p["rows"] for name, p in parts.items() if name != "refit"]
     span = f"{min(per_fold)}-{max(per_fold)}" if min(per_fold) != max(per_fold) else str(per_fold[0])
     acc = [p["accuracy_on_test_labels"] for p in parts.values() if p.get("accuracy_on_test_labels") is not None]
     shown = f"; their labels' accuracy on the test file's own labels {min(acc):.1%}-{max(acc):.1%}" if acc else ""
+    refit = f", {parts['refit']['rows']} for the refit" if "refit" in parts else ""
     return (f"pseudo-labels from {', '.join(record['teachers'])} ({record['folds']}, {record['targets']} targets, "
-            f"top probability >= {record['threshold']}): {span} test rows per fold, {parts['refit']['rows']} for the "
-            f"refit{shown}")
+            f"top probability >= {record['threshold']}): {span} test rows per fold{refit}{shown}")
 
 
 def run_many(cfgs: Sequence[Config], workdir: str | Path, *, folds: Sequence[int] | None = None, tag: str = "",

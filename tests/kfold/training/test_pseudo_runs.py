@@ -51,7 +51,7 @@ def test_fold_k_takes_rows_from_fold_k_teachers_and_the_refit_from_the_full_data
         fold_probs[k][k * 10:(k + 1) * 10] = _confident(rng, 10)
     full = np.full((40, 4), 0.25)
     full[30:] = _confident(rng, 10)
-    cfg = Config(pseudo_from=("T",), test="x", pseudo_max_share=5.0)
+    cfg = Config(pseudo_from=("T",), test="x", pseudo_max_share=5.0, refit=True)
     out = pseudo_labels(cfg, _teachers(fold_probs, full), "h" * 64, folds, LABELS, [f"t{i}" for i in range(40)])
     for k in range(3):
         assert out.rows[k].tolist() == list(range(k * 10, (k + 1) * 10))
@@ -69,7 +69,7 @@ def test_rows_are_joined_on_test_ids_and_capped_by_the_parts_real_rows():
     probs = _confident(rng, 30)
     ids = np.array([f"t{i}" for i in range(30)])
     reversed_ids = ids[::-1]
-    cfg = Config(pseudo_from=("T",), test="x", pseudo_max_share=0.5, pseudo_threshold=0.9)
+    cfg = Config(pseudo_from=("T",), test="x", pseudo_max_share=0.5, pseudo_threshold=0.9, refit=True)
     out = pseudo_labels(cfg, _teachers([probs, probs], probs, ids), "h" * 64, folds, LABELS, reversed_ids,
                         test_y=probs[::-1].argmax(1))
     assert len(out.rows[0]) == 5 and len(out.rows[REFIT]) == 10
@@ -85,9 +85,21 @@ def test_rows_are_joined_on_test_ids_and_capped_by_the_parts_real_rows():
 ])
 def test_teachers_of_other_folds_labels_or_test_files_are_refused(broken, message):
     p = np.full((6, 4), 0.25)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as exc:
         pseudo_labels(Config(pseudo_from=("T",), test="x"), _teachers([p, p], p, **broken), "h" * 64,
                       np.array([0, 1] * 3), LABELS, [f"t{i}" for i in range(6)])
+    assert "\n" not in str(exc.value)
+
+
+def test_teachers_of_a_test_file_with_the_same_ids_but_other_content_are_refused():
+    p = np.full((6, 4), 0.25)
+    teachers = _teachers([p, p], p)
+    teachers.test_hash = "a" * 64
+    args = (Config(pseudo_from=("T",), test="x"), teachers, "h" * 64, np.array([0, 1] * 3), LABELS,
+            [f"t{i}" for i in range(6)], None)
+    assert len(pseudo_labels(*args, "a" * 64).rows) == 2  # the same file: the two folds (no refit asked for)
+    with pytest.raises(ConfigError, match="another test file"):
+        pseudo_labels(*args, "b" * 64)
 
 
 def test_teachers_missing_a_folds_probabilities_are_refused():
@@ -127,6 +139,22 @@ def test_pseudo_rows_join_the_training_part_only_with_soft_targets_weights_and_s
     assert batch["labels"].dtype == torch.float32 and batch["weights"].tolist() == [0.5, 1.0]
 
 
+def test_soft_targets_follow_the_documented_rules_for_smoothing_class_weights_and_focal_loss():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, dtype=torch.float64)
+    q = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.0, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
+    e, gamma = 0.1, 2.0
+    p = logits.softmax(-1).numpy()
+    smoothed = (1 - e) * q.numpy() + e / 4
+    ce = -(w.numpy() * smoothed * np.log(p)).sum(1)  # -sum_c w_c q'_c log p_c
+    focal = (1 - (q.numpy() * p).sum(1)) ** gamma * ce  # p_t = sum_c q_c p_c (unsmoothed)
+    rows = np.array([1.0, 0.5, 2.0])
+    got_ce = RelationLoss("ce", e, weight=w)(logits, q, torch.tensor(rows))
+    got_focal = RelationLoss("focal", e, gamma, weight=w)(logits, q, torch.tensor(rows))
+    assert np.isclose(float(got_ce), (ce * rows).mean()) and np.isclose(float(got_focal), (focal * rows).mean())
+
+
 def test_row_weights_scale_each_rows_loss_and_soft_one_hot_targets_give_the_index_loss():
     torch.manual_seed(0)
     logits, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 1])
@@ -156,7 +184,11 @@ def test_pseudo_from_is_a_list_in_config_files_and_a_runtime_key(tmp_path):
     cfg = make_config(path)
     assert cfg.pseudo_from == ("teacher,with,commas", "blend.csv")
     assert run_name(cfg, pseudo="0123456789abcdef") == "split-minilm-s1+pseudo=01234567,pthr=0.95"
-    assert run_name(cfg.replace(pseudo_from=("other",)), pseudo="0123456789abcdef") == run_name(cfg, pseudo="0123456789abcdef")
+    # a run's config.json gives the list back: the same config
+    from kfold.core.config import config_from_run
+
+    assert config_from_run(json.loads(json.dumps({"config": cfg.to_dict()}))) == cfg
+    assert Config(pseudo_from=None).pseudo_from == ()
     with pytest.raises(ConfigError, match="teachers' digest"):
         run_name(cfg)
     # without teachers the pseudo-label settings do nothing, and do not name the run
@@ -173,6 +205,33 @@ def test_the_cli_refuses_pseudo_labels_without_a_test_file_in_one_line(tmp_path,
     rc = main(["run", "--data", str(demo_dir / "train.tsv"), "--workdir", str(tmp_path), "--pseudo-from", "x"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "--pseudo-from" in err[0] and "--test" in err[0]
+    rc = main(["auto", "--data", str(demo_dir / "train.tsv"), "--test", str(demo_dir / "test.tsv"), "--workdir",
+               str(tmp_path), "--budget", "5m", "--pseudo-from", "x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "kfold auto does not plan pseudo-label students" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_python_api_asks_for_a_teacher_loader(tmp_path, demo_dir):
+    cfg = Config(data=str(demo_dir / "train.tsv"), test=str(demo_dir / "test.tsv"), pseudo_from=("x",), cluster="none")
+    with pytest.raises(ConfigError, match="teachers=ensemble.load_teachers"):
+        run_kfold(cfg, tmp_path, **QUIET)
+
+
+def test_tuning_fixes_the_teachers_and_compares_stored_lists_with_tuples(tmp_path):
+    from tuning._space import load_space
+    from tuning._study import _identity
+
+    assert _identity({"pseudo_from": ("a", "b")}) == _identity(json.loads(json.dumps({"pseudo_from": ("a", "b")})))
+    for key, spec in (("pseudo_from", '{"type": "categorical", "choices": ["a"]}'),
+                      ("pseudo_folds", '{"type": "categorical", "choices": ["honest", "naive"]}')):
+        path = tmp_path / f"{key}.json"
+        path.write_text(f'{{"{key}": {spec}}}')
+        with pytest.raises(ConfigError, match="cannot be tuned"):
+            load_space(path)
+    path = tmp_path / "ok.json"
+    path.write_text('{"pseudo_threshold": {"type": "float", "low": 0.6, "high": 0.95}}')
+    assert "pseudo_threshold" in load_space(path)
 
 
 # ---------------------------------------------------------------- the leak, end to end
@@ -253,7 +312,7 @@ def test_fold_honest_teachers_keep_the_oof_estimate_where_naive_ones_inflate_it(
     teacher = _memorising_run(near_duplicates, tmp_path, "teacher", refit=True)
     none = _memorising_run(near_duplicates, tmp_path, "none")
     shared = dict(pseudo_from=(teacher.run.name,), pseudo_max_share=2.0)
-    honest = _memorising_run(near_duplicates, tmp_path, "honest", **shared)
+    honest = _memorising_run(near_duplicates, tmp_path, "honest", refit=True, **shared)
     naive = _memorising_run(near_duplicates, tmp_path, "naive", pseudo_folds="naive", **shared)
     acc = {name: out.oof_scores["accuracy"] for name, out in
            (("teacher", teacher), ("none", none), ("honest", honest), ("naive", naive))}
@@ -269,6 +328,19 @@ def test_fold_honest_teachers_keep_the_oof_estimate_where_naive_ones_inflate_it(
     assert 0.4 < config["pseudo"]["parts"]["0"]["accuracy_on_test_labels"] < 0.85
     done = json.loads((honest.run.root / "fold0" / "done.json").read_text())
     assert done["pseudo_rows"] == 240 and done["n_valid"] == 80
+    refit = json.loads((honest.run.root / "refit" / "done.json").read_text())
+    assert refit["pseudo_rows"] == 240 and refit["n_train"] == 240
+    assert "refit" not in json.loads(naive.run.config_path.read_text())["pseudo"]["parts"]  # no --refit, no rows
+    # a naive student's fold models saw every fold's validation rows: it cannot teach
+    with pytest.raises(ConfigError, match="naive pseudo-labels"):
+        _memorising_run(near_duplicates, tmp_path, "grandchild", pseudo_from=(naive.run.name,))
+    # the report marks pseudo-labelled runs (and says what naive means)
+    from kfold.report import build_report, render
+
+    text, _, table_csv = render(build_report(tmp_path, n_boot=50), "accuracy")
+    assert f"{naive.run.name} (pseudo, naive)" in text and f"{honest.run.name} (pseudo, honest)" in text
+    assert "naive: from the teachers' full-data predictions" in text and f"{none.run.name} " in text
+    assert table_csv.splitlines()[0].endswith(",pseudo") and ",naive" in table_csv
     # one row per training id: validation parts never took pseudo rows
     oof = load_predictions(honest.run.oof_path)
     assert len(oof.ids) == 240 and set(oof.ids) == {f"r{i}" for i in range(240)}
