@@ -4,8 +4,8 @@
 - ``kfold/core/presets/techniques.json``: the techniques' measurements (benchmarks/techniques.py) as data for the
   planner;
 - the results tables: each ``benchmarks/results/NAME.json`` (written by a benchmark script that drives the product's
-  commands) becomes a table between ``<!-- results:NAME -->`` and ``<!-- /results -->`` in ``docs/results.md``
-  ``docs/techniques.md`` and ``README.md``.
+  commands, or a simulation of the report's intervals) becomes a table between ``<!-- results:NAME -->`` and
+  ``<!-- /results -->`` in ``docs/results.md``, ``docs/techniques.md``, ``docs/metrics.md`` and ``README.md``.
 
 ``python docs/generate.py`` rewrites them; ``python docs/generate.py --check`` exits 1 naming each file that differs
 from what it would write (the test suite runs the check).
@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-TABLE_PAGES = (ROOT / "docs" / "results.md", ROOT / "docs" / "techniques.md", ROOT / "README.md")
+TABLE_PAGES = (ROOT / "docs" / "results.md", ROOT / "docs" / "techniques.md", ROOT / "docs" / "metrics.md",
+               ROOT / "README.md")
 #: (title, program, argv) of every command in the settings reference
 COMMANDS = [
     ("kfold run", "kfold", ["run"]), ("kfold auto", "kfold", ["auto"]), ("kfold check-data", "kfold", ["check-data"]),
@@ -96,6 +97,13 @@ def table(record: dict) -> str:
             head.insert(4, "pseudo rows per fold (refit); their labels' test accuracy")
             for r, cells in zip(rows, body):
                 cells.insert(4, _pseudo_cell(r.get("pseudo")))
+    elif "coverage" in first:  # benchmarks/interval_coverage.py
+        head = ["setting", "rows", "metric", "plain bootstrap (rows)", "stratified (label counts fixed)", "truth"]
+        cells: dict = {}
+        for r in rows:
+            cells.setdefault((r["setting"], r["n"], r["metric"]), {})[r["scheme"]] = r
+        body = [[setting, str(n), metric, *[_coverage_cell(by.get(s)) for s in ("plain", "stratified")],
+                 _num(next(iter(by.values()))["truth"])] for (setting, n, metric), by in cells.items()]
     elif "budget" in first:  # benchmarks/auto_budgets.py
         head = ["`--budget`", "runs", "chosen blend", "honest OOF", "best run alone", "test (labelled file)", "wall"]
         body = [[f"`{r['budget']}`", str(len(r.get("members", []))), r.get("method", ""), _num(r.get("honest")),
@@ -136,9 +144,21 @@ def _pseudo_cell(pseudo: dict | None) -> str:
             + (f"; {100 * min(acc):.1f}-{100 * max(acc):.1f}%" if acc else ""))
 
 
+def _coverage_cell(r: dict | None) -> str:
+    """``93.3% (2.8% below, 3.9% above)``: how often the 95% interval held the truth, and on which side it missed."""
+    return "" if not r else f"{r['coverage']:.1f}% ({r['too_low']:.1f}% below, {r['too_high']:.1f}% above)"
+
+
 def headline(record: dict) -> str:
     """One results file in one cell: each row's main figure."""
     rows = record["rows"]
+    if "coverage" in rows[0]:
+        from kfold.report import scheme_for
+
+        used = [r["coverage"] for r in rows if r["scheme"] == scheme_for(r["metric"])]
+        fixed = [r["coverage"] for r in rows if r["scheme"] == "stratified" and r["metric"] == "accuracy"]
+        return (f"the report's 95% intervals held the truth in **{min(used):.1f}-{max(used):.1f}%** of replicates; "
+                f"with label counts held fixed (the scheme before), accuracy's in {min(fixed):.1f}-{max(fixed):.1f}%")
     if "arm" in rows[0]:
         metric = next(k[4:] for k in rows[0] if k.startswith("oof_") and "_vs_" not in k)
         base = rows[0]["arm"]

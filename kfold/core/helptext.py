@@ -69,19 +69,20 @@ HELP: dict[str, tuple[str, str]] = {
     "adv_start_epoch": ("training", "first epoch (1-based) with adversarial passes (0 = the method's default: fgm 1, "
                                     "awp 2)"),
     "class_weights": ("training", "balanced = weight the loss by inverse label frequency (pseudo rows count by their "
-                                  "targets times --pseudo-weight)"),
-    "pseudo_from": ("training", "pseudo-label teacher: a run name of this workdir or a blend file (repeat the flag "
+                                  "targets times their loss weight)"),
+    "pseudo_from": ("training", "pseudo label teacher: a run name of this workdir or a blend file (repeat the flag "
                                 "for several: their mean). Test rows it labels confidently join the training part of "
-                                "every fold and the refit, fold k's from the teachers' models that never saw fold k; "
+                                "every fold (and of the refit with --refit), fold k's from the teachers' models that "
+                                "never saw fold k; "
                                 "needs --test, and teachers trained with the same fold map and test file (checked by "
                                 "test ids and the test file's recorded hash)"),
-    "pseudo_threshold": ("training", "a test row is pseudo-labelled when the teachers' top probability is at least this"),
+    "pseudo_threshold": ("training", "a test row is pseudo labelled when the teachers' top probability is at least this"),
     "pseudo_max_share": ("training", "at most this many pseudo rows per real training row of the part (the most "
                                      "confident first, each label keeping its share)"),
-    "pseudo_weight": ("training", "the loss weight of a pseudo-labelled row (a real row's is 1)"),
+    "pseudo_weight": ("training", "the loss weight of a pseudo labelled row (a real row's is 1)"),
     "pseudo_targets": ("training", "soft = train on the teachers' probabilities, hard = on their top label"),
     "pseudo_folds": ("training", "honest = fold k's rows come from teachers that never saw fold k's validation rows; "
-                                 "naive = every fold takes the full-data predictions (leaks validation labels into "
+                                 "naive = every fold takes the full data predictions (leaks validation labels into "
                                  "the OOF score; for measuring that leak)"),
     "augment": ("training", "swap = also train on rows with subject and object exchanged (directed labels only)"),
     "tta": ("training", "swap = predict both entity orders and average (directed labels only)"),

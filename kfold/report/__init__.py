@@ -21,6 +21,8 @@ _EXPORTS = {
     "table_notes": "._table",
     # _intervals
     "stratified_weights": "._intervals",
+    "plain_weights": "._intervals",
+    "scheme_for": "._intervals",
     "bc_interval": "._intervals",
     "INTERVAL_METHOD": "._intervals",
     # _compute

@@ -95,7 +95,7 @@ def forest(names: Sequence[str], scores: Sequence[float], lows: Sequence[float],
                 ecolor="0.35", capsize=3)
     ax.set_yticks(pos)
     ax.set_yticklabels(names, fontsize=8)
-    ax.set_xlabel(f"OOF {metric} (95% interval: stratified bootstrap, bias-corrected)")
+    ax.set_xlabel(f"OOF {metric} (95% interval: bootstrap, bias-corrected)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)

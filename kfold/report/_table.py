@@ -24,7 +24,7 @@ from kfold.core.metrics import (METRICS, auprc_labels, confusion, majority_accur
 from kfold.core.store import Predictions, RunDir, list_runs, load_predictions
 from kfold.core.textio import read_json, write_text_atomic
 
-from ._intervals import INTERVAL_METHOD, bc_interval, stratified_weights
+from ._intervals import INTERVAL_METHOD, bc_interval, plain_weights, scheme_for, stratified_weights
 
 
 @dataclass
@@ -115,8 +115,9 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
         metric_fn(metric, names, no_relation)  # micro_f1 without a no-relation label: its own message
         raise ConfigError(f"--metric {metric}: defined for labels with directions like 'Cause-Effect(e1,e2)'; "
                           f"these {len(names)} labels have none (choose another --metric)")
-    # resampled within each gold label: every resample keeps every label (kfold.report._intervals)
-    weights = stratified_weights(y, n_boot, seed)
+    # resampled rows for every metric but AUPRC, resampled within each gold label for AUPRC (every resample keeps
+    # every label): the schemes whose intervals cover as they say (kfold.report._intervals)
+    weights = {"plain": plain_weights(len(y), n_boot, seed), "stratified": stratified_weights(y, n_boot, seed)}
     fns = {m: metric_fn(m, names, no_relation) for m in metrics}
     extra = {"metric": metric, "majority": majority_accuracy(y), "auprc_over": auprc_labels(y, len(names)),
              "left_out": [] if "micro_f1" in metrics else
@@ -127,7 +128,8 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
         oof = _aligned(oof, ids)
         probs = softmax(oof.logits)
         pred = probs.argmax(1)
-        cms = confusion(oof.y, pred, len(names)), confusion(oof.y, pred, len(names), weights)  # shared by 4 metrics
+        # shared by the 4 metrics of a confusion matrix (all resampled by rows)
+        cms = confusion(oof.y, pred, len(names)), confusion(oof.y, pred, len(names), weights["plain"])
         scores, ci, dist_of_metric = {}, {}, None
         for m in metrics:
             if fns[m].from_cm is not None:
@@ -135,7 +137,8 @@ def _table(members, metric: str, n_boot: int, seed: int, no_relation) -> list[Ru
             else:
                 # AUPRC sums the weights per class per resample (~2.5 ms per 100 resamples and class at 9000 rows):
                 # 200 resamples when it is the metric compared by, 100 for its interval column alone
-                w = weights if m != "auprc" else weights[: min(200 if metric == "auprc" else 100, n_boot)]
+                w = weights[scheme_for(m)]
+                w = w if m != "auprc" else w[: min(200 if metric == "auprc" else 100, n_boot)]
                 scores[m], dist = fns[m](oof.y, probs), fns[m](oof.y, probs, w)
             ci[m] = bc_interval(scores[m], dist)
             if m == metric:

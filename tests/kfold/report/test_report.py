@@ -115,8 +115,8 @@ def _rare_label_store(workdir, seed: int, n: int = 200, k: int = 42):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_every_interval_holds_its_estimate_on_small_data_with_rare_labels(tmp_path, seed):
-    """Stratified resamples (every label kept) and bias-corrected percentiles: on 200 rows of 42 labels every
-    metric's interval contains the run's own score. (A plain bootstrap did not: AUPRC 5.03 [5.13, 7.20].)"""
+    """Bias-corrected percentiles, AUPRC on stratified resamples (every label kept): on 200 rows of 42 labels every
+    metric's interval contains the run's own score. (AUPRC on a plain bootstrap did not: 5.03 [5.13, 7.20].)"""
     from kfold.report import stratified_weights
 
     y = _rare_label_store(tmp_path, seed)
@@ -135,7 +135,7 @@ def test_report_names_the_interval_method_and_the_auprc_labels_and_refuses_undef
     out = capsys.readouterr().out
     n = len(np.unique(y))
     assert f"auprc (over {n}/42 labels) [95% CI]" in out
-    assert "95% intervals: stratified bootstrap (resampled within each gold label" in out
+    assert "95% intervals: bootstrap over rows (AUPRC: resampled within each gold label" in out
     assert f"AUPRC: the mean over the {n} of 42 labels present in the gold labels; the official KLUE code" in out
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "bias-corrected percentile 95% interval" in md
